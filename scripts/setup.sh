@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Create .venv and install StreamPro with everything its tests need, CPU-only.
+#
+# Installs torch's CPU wheel first (torch==2.13.0 from the machine's wheel folder or
+# PyTorch's CPU index), so the project's own `torch` range is already satisfied and pip
+# pulls no CUDA packages and no torchvision. On a GPU machine use `pip install streampro`
+# instead (README: "Install on a GPU machine").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${STREAMPRO_TORCH:-torch==2.13.0}
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    .venv/bin/python -m pip install -q "$TORCH_SPEC" --extra-index-url https://download.pytorch.org/whl/cpu
+fi
+.venv/bin/python -m pip install -q -e ".[dev]"
+
+# Browser tests of the Space drive Debian's chromium through Playwright (no browser download).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "setup: chromium not installed; browser tests will be skipped" >&2
+fi
+
+# Guard the CPU install: CUDA wheels or torchvision here break evaluate and transformers.
+if .venv/bin/python -m pip list 2>/dev/null | grep -E -i '^(nvidia-|torchvision )'; then
+    echo "setup: CUDA packages or torchvision were pulled in; see docs/install.md" >&2
+    exit 1
+fi
+echo "setup: done ($(.venv/bin/streampro --version))"

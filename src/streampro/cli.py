@@ -1,0 +1,54 @@
+"""The ``streampro`` console command: one entry point for the project's main jobs.
+
+Each sub-command lives in its own module, which defines ``add_arguments(parser)`` and
+``run(args) -> int``; modules are imported only when their command runs, so ``streampro
+--help`` stays fast and heavy libraries (torch, gradio) load only when needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from streampro import __version__
+
+# name -> (module, one-line help). Add a line here when a command lands.
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streampro",
+        description="Proactive streaming video LLMs: stream, score, build data, train and evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"streampro {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log at DEBUG level.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(_module=module_name)
+        # Sub-command arguments are declared by the module itself; importing it here keeps
+        # `streampro CMD --help` complete. Modules keep heavy imports inside run().
+        importlib.import_module(module_name).add_arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(args._module)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
