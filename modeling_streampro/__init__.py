@@ -1,0 +1,1 @@
+"""StreamPro model, configuration and processor (also shipped verbatim as Hub remote code)."""
