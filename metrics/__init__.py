@@ -1,0 +1,60 @@
+"""StreamPro-F1, the turn-level reward and the answer judges, as plain functions.
+
+``streampro.metrics.f1`` holds the maths and the list of decisions (D1-D11),
+``streampro.metrics.judges`` the accuracy judges, ``streampro.metrics.schema`` the reference /
+prediction formats, ``streampro.metrics.segments`` the TG segment parser. The ``evaluate``
+module in ``metrics/streampro_f1/`` and the ``streampro score`` command are thin wrappers.
+"""
+
+from streampro.metrics.f1 import (
+    DIMENSIONS,
+    TASK_SPECS,
+    TURN_TAU,
+    SampleScore,
+    aggregate,
+    compute_streampro_f1,
+    streampro_f1_sample,
+    turn_level_reward,
+)
+from streampro.metrics.judges import (
+    JUDGES,
+    Judge,
+    JudgeError,
+    JudgeFailure,
+    JudgeRequest,
+    LLMJudge,
+    make_judge,
+)
+from streampro.metrics.schema import (
+    TASKS,
+    FormatError,
+    validate_prediction_record,
+    validate_predictions,
+    validate_reference,
+)
+from streampro.metrics.segments import parse_segment, temporal_iou
+
+__all__ = [
+    "DIMENSIONS",
+    "JUDGES",
+    "TASKS",
+    "TASK_SPECS",
+    "TURN_TAU",
+    "FormatError",
+    "Judge",
+    "JudgeError",
+    "JudgeFailure",
+    "JudgeRequest",
+    "LLMJudge",
+    "SampleScore",
+    "aggregate",
+    "compute_streampro_f1",
+    "make_judge",
+    "parse_segment",
+    "streampro_f1_sample",
+    "temporal_iou",
+    "turn_level_reward",
+    "validate_prediction_record",
+    "validate_predictions",
+    "validate_reference",
+]

@@ -1,0 +1,457 @@
+"""Answer-accuracy judges: S_acc of METHOD §3 for a (question, predicted answer, reference answer).
+
+Every judge has one method, ``score_batch(requests) -> list[float | JudgeFailure]``: a score in
+[0, 1] per request, or a :class:`JudgeFailure` when it could not score (never a silent 0). The
+metric batches all requests of a run into one call, and the GRPO rewards can do the same.
+
+- ``exact``: normalised strings equal -> 1, else 0 (short / multiple-choice answers).
+- ``contains``: the normalised reference occurs as whole words in the prediction -> 1, else 0.
+- ``lexical``: token F1 (SQuAD normalisation) or ROUGE-L F-measure, already in [0, 1].
+  An offline *approximation* of the paper's judge: it rewards shared words, not meaning.
+- ``embedding``: cosine similarity of WordLlama sentence embeddings (a 16 MB model inside the
+  ``wordllama`` wheel, loaded offline), thresholded onto the 0-5 scale by
+  :data:`EMBEDDING_THRESHOLDS`, then divided by 5. Also an uncalibrated approximation.
+- ``llm``: the paper's protocol (METHOD §3) on any OpenAI-compatible chat endpoint. Score =
+  integer 0-5 / 5. Retries with exponential backoff on timeouts, connection errors, 429 and 5xx;
+  up to ``max_concurrency`` requests in flight; a persistent SQLite cache keyed by model, prompt
+  version and the three texts, so re-scoring makes no calls and an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import sqlite3
+import string
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+JUDGES = ("exact", "contains", "lexical", "embedding", "llm")
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """The three texts a judge sees."""
+
+    question: str
+    prediction: str
+    reference: str
+
+
+@dataclass(frozen=True)
+class JudgeFailure:
+    """A request the judge could not score, with the reason (for reports, never a score)."""
+
+    reason: str
+
+
+class JudgeError(RuntimeError):
+    """Raised when a judge failure must stop the computation (``on_judge_failure="stop"``)."""
+
+
+class Judge:
+    """Base class: subclasses implement :meth:`score_batch` and set ``name``."""
+
+    name = "judge"
+
+    def score_batch(self, requests: list[JudgeRequest]) -> list[float | JudgeFailure]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """What goes into a report to say how accuracy was judged."""
+        return {"name": self.name}
+
+
+# --- offline string judges -------------------------------------------------------------------
+
+_PUNCT = str.maketrans("", "", string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Token-overlap F1 of the normalised texts (1.0 when both are empty)."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    same = sum((Counter(pred) & Counter(ref)).values())
+    if same == 0:
+        return 0.0
+    p, r = same / len(pred), same / len(ref)
+    return 2 * p * r / (p + r)
+
+
+class ExactJudge(Judge):
+    name = "exact"
+
+    def score_batch(self, requests):
+        return [float(normalize_answer(r.prediction) == normalize_answer(r.reference)) for r in requests]
+
+
+class ContainsJudge(Judge):
+    name = "contains"
+
+    def score_batch(self, requests):
+        out = []
+        for r in requests:
+            ref = normalize_answer(r.reference)
+            # Pad with spaces so "b" matches the word "b", not the "b" inside "bird".
+            out.append(float(bool(ref) and f" {ref} " in f" {normalize_answer(r.prediction)} "))
+        return out
+
+
+class LexicalJudge(Judge):
+    """Token F1 (default, fast) or ROUGE-L F-measure (``rouge-score``)."""
+
+    name = "lexical"
+    METHODS = ("token_f1", "rougeL")
+
+    def __init__(self, method: str = "token_f1"):
+        if method not in self.METHODS:
+            raise ValueError(f"unknown lexical method {method!r}; use one of {list(self.METHODS)}")
+        self.method = method
+        self._rouge = None
+
+    def score_batch(self, requests):
+        if self.method == "token_f1":
+            return [token_f1(r.prediction, r.reference) for r in requests]
+        if self._rouge is None:
+            from rouge_score import rouge_scorer
+
+            self._rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        return [self._rouge.score(r.reference, r.prediction)["rougeL"].fmeasure for r in requests]
+
+    def describe(self):
+        return {"name": self.name, "method": self.method}
+
+
+# Cosine-similarity cut points for 1, 2, 3, 4, 5 points on the paper's 0-5 scale. Chosen by eye
+# on paraphrase / unrelated pairs with WordLlama l2_supercat-256 (paraphrase ~0.7, unrelated
+# ~0.05); not calibrated against the LLM judge.
+EMBEDDING_THRESHOLDS = (0.25, 0.40, 0.55, 0.70, 0.85)
+
+
+class EmbeddingJudge(Judge):
+    """WordLlama sentence embeddings, loaded from the wheel itself (no download, ever)."""
+
+    name = "embedding"
+
+    def __init__(self, thresholds: tuple[float, ...] = EMBEDDING_THRESHOLDS):
+        self.thresholds = tuple(thresholds)
+        self._model = None
+
+    def _load(self):
+        try:
+            import wordllama
+        except ImportError as e:
+            raise ImportError("the 'embedding' judge needs wordllama: pip install 'streampro[judge]'") from e
+        # The weights ship inside the package directory; disable_download makes a missing file
+        # an error instead of a Hub download.
+        package_dir = Path(wordllama.__file__).parent
+        return wordllama.WordLlama.load(cache_dir=package_dir, disable_download=True)
+
+    def similarities(self, predictions: list[str], references: list[str]):
+        import numpy as np
+
+        if self._model is None:
+            self._model = self._load()
+        a = self._model.embed(predictions, norm=True)
+        b = self._model.embed(references, norm=True)
+        # An empty text embeds to NaN (0/0 norm): it shares nothing, so similarity 0.
+        return np.nan_to_num((a * b).sum(axis=1), nan=0.0)
+
+    def score_batch(self, requests):
+        if not requests:
+            return []
+        sims = self.similarities([r.prediction for r in requests], [r.reference for r in requests])
+        return [sum(float(s) >= t for t in self.thresholds) / 5 for s in sims]
+
+    def describe(self):
+        return {"name": self.name, "model": "wordllama l2_supercat 256", "thresholds": list(self.thresholds)}
+
+
+# --- LLM judge -------------------------------------------------------------------------------
+
+# Bump when the prompt changes: it is part of the cache key, so old scores are not reused.
+PROMPT_VERSION = "streampro-judge-v1"
+
+SYSTEM_PROMPT = """\
+You grade answers given by an assistant that watches a live video stream. You receive the \
+question, the reference answer and the assistant's answer. Judge whether the assistant's answer \
+conveys the essential information of the reference. Be lenient: wording, extra correct detail and \
+omitted secondary detail do not cost points; only answers that are wrong, irrelevant or too vague \
+to be useful lose points.
+
+Scale:
+5 = fully accurate and complete
+4 = correct, with the key information
+3 = partly relevant, but important information is missing
+2 = tangential or speculative
+1 = factually incorrect
+0 = no real attempt, or off-topic
+
+Reply with one JSON object and nothing else: {"explanation": "<one sentence>", "score": <integer 0-5>}"""
+
+USER_TEMPLATE = """\
+Question: {question}
+Reference answer: {reference}
+Assistant's answer: {prediction}"""
+
+_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+_SCORE_FIELD = re.compile(r"[\"']?score[\"']?\s*[:=]\s*[\"']?(\d+(?:\.0+)?)", re.IGNORECASE)
+
+
+def parse_judge_output(text: str) -> int:
+    """The 0-5 score in a judge reply; tolerant of code fences, prose around the JSON and a
+    quoted number. Raises ValueError when there is no valid score."""
+    score = None
+    match = _JSON_OBJECT.search(text)
+    if match:
+        try:
+            obj = json.loads(match.group(0))
+            score = obj.get("score") if isinstance(obj, dict) else None
+        except json.JSONDecodeError:
+            score = None
+    if score is None:
+        field = _SCORE_FIELD.search(text)
+        score = field.group(1) if field else None
+    if isinstance(score, str):
+        try:
+            score = float(score)
+        except ValueError:
+            score = None
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or score != int(score):
+        raise ValueError(f"no integer 'score' in judge reply: {text[:200]!r}")
+    if not 0 <= score <= 5:
+        raise ValueError(f"judge score {score} is outside 0-5: {text[:200]!r}")
+    return int(score)
+
+
+def default_cache_path() -> Path:
+    """``$STREAMPRO_JUDGE_CACHE`` or ``~/.cache/streampro/llm_judge.sqlite``."""
+    env = os.environ.get("STREAMPRO_JUDGE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "streampro" / "llm_judge.sqlite"
+
+
+class _ScoreCache:
+    """SQLite file mapping a request key to its 0-5 score. Used from one thread only."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, timeout=60)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score INTEGER NOT NULL, "
+            "model TEXT NOT NULL, prompt_version TEXT NOT NULL, created REAL NOT NULL)"
+        )
+        self._db.commit()
+
+    def get_many(self, keys: list[str]) -> dict[str, int]:
+        found = {}
+        for i in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
+            chunk = keys[i : i + 500]
+            rows = self._db.execute(
+                f"SELECT key, score FROM scores WHERE key IN ({','.join('?' * len(chunk))})", chunk
+            )
+            found.update(rows.fetchall())
+        return found
+
+    def put(self, key: str, score: int, model: str):
+        self._db.execute(
+            "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)", (key, score, model, PROMPT_VERSION, time.time())
+        )
+
+    def commit(self):
+        self._db.commit()
+
+    def close(self):
+        self._db.close()
+
+
+class LLMJudge(Judge):
+    """The paper's 0-5 grading protocol on an OpenAI-compatible ``/chat/completions`` endpoint.
+
+    ``base_url`` is the API root (``http://localhost:8000/v1`` for vLLM, ``https://api.openai.com/v1``).
+    The API key is read from the environment variable ``api_key_env`` at call time and sent as a
+    bearer token; it is never logged or stored (local servers need none: leave the variable unset).
+    """
+
+    name = "llm"
+
+    def __init__(
+        self,
+        base_url: str = "",
+        model: str = "",
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        cache_path: str | Path | None = None,
+        max_concurrency: int = 16,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        show_progress: bool = True,
+    ):
+        if not base_url or not model:
+            raise ValueError("the 'llm' judge needs a base_url (e.g. http://localhost:8000/v1) and a model name")
+        if max_concurrency < 1 or max_retries < 0 or timeout <= 0:
+            raise ValueError("max_concurrency must be >= 1, max_retries >= 0 and timeout > 0")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.cache_path = Path(cache_path) if cache_path is not None else default_cache_path()
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.show_progress = show_progress
+        self.calls_made = 0  # HTTP requests sent (including retries): lets tests see cache hits
+        self._lock = threading.Lock()
+
+    def describe(self):
+        return {
+            "name": self.name,
+            "base_url": self.base_url,
+            "model": self.model,
+            "prompt_version": PROMPT_VERSION,
+            "cache": str(self.cache_path),
+        }
+
+    def cache_key(self, request: JudgeRequest) -> str:
+        payload = json.dumps(
+            [self.model, PROMPT_VERSION, request.question, request.prediction, request.reference],
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def score_batch(self, requests):
+        import httpx
+        from tqdm.auto import tqdm
+
+        keys = [self.cache_key(r) for r in requests]
+        cache = _ScoreCache(self.cache_path)
+        try:
+            scores: dict[str, int | JudgeFailure] = dict(cache.get_many(sorted(set(keys))))
+            todo = {k: r for k, r in zip(keys, requests) if k not in scores}
+            if todo:
+                logger.info(
+                    "LLM judge %s: %d cached, %d to request", self.model, len(set(keys)) - len(todo), len(todo)
+                )
+                headers = {"Content-Type": "application/json"}
+                api_key = os.environ.get(self.api_key_env)
+                if api_key:
+                    headers["Authorization"] = f"Bearer {api_key}"
+                limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+                with (
+                    httpx.Client(headers=headers, timeout=self.timeout, limits=limits) as client,
+                    ThreadPoolExecutor(self.max_concurrency) as pool,
+                    tqdm(total=len(todo), desc="LLM judge", disable=not self.show_progress or len(todo) < 2) as bar,
+                ):
+                    futures = {pool.submit(self._score_one, client, r): k for k, r in todo.items()}
+                    for n, future in enumerate(as_completed(futures), 1):
+                        key, result = futures[future], future.result()
+                        scores[key] = result
+                        if isinstance(result, JudgeFailure):
+                            logger.warning("LLM judge failure: %s", result.reason)
+                        else:
+                            cache.put(key, result, self.model)
+                        if n % 32 == 0:  # commit as we go: an interrupted run keeps its finished work
+                            cache.commit()
+                        bar.update()
+            cache.commit()
+        finally:
+            cache.close()
+        return [s if isinstance(s, JudgeFailure) else s / 5 for s in (scores[k] for k in keys)]
+
+    def _body(self, request: JudgeRequest) -> dict:
+        user = USER_TEMPLATE.format(
+            question=request.question, reference=request.reference, prediction=request.prediction
+        )
+        return {
+            "model": self.model,
+            "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}],
+            "temperature": 0.0,
+            "max_tokens": 256,
+        }
+
+    def _sleep(self, attempt: int, retry_after: str | None = None):
+        delay = self.backoff * 2**attempt * (0.5 + random.random())  # jitter spreads the retries
+        if retry_after:
+            try:
+                delay = max(delay, float(retry_after))
+            except ValueError:
+                pass  # an HTTP-date Retry-After: fall back to our own backoff
+        time.sleep(min(delay, self.max_backoff))
+
+    def _score_one(self, client, request: JudgeRequest) -> int | JudgeFailure:
+        """One request with retries; returns the 0-5 score or the reason it failed."""
+        import httpx
+
+        url = f"{self.base_url}/chat/completions"
+        body = self._body(request)
+        reason = "no attempt made"
+        parse_retry_used = False
+        attempt = 0
+        while attempt <= self.max_retries:
+            with self._lock:
+                self.calls_made += 1
+            retry_after = None
+            try:
+                response = client.post(url, json=body)
+            except httpx.TimeoutException:
+                reason = f"timed out after {self.timeout}s"
+            except httpx.TransportError as e:
+                reason = f"connection error ({type(e).__name__}) to {url}"
+            else:
+                status = response.status_code
+                if status == 429 or status >= 500:
+                    reason = f"HTTP {status} from {url}"
+                    retry_after = response.headers.get("retry-after")
+                elif status >= 400:
+                    # Wrong model name, bad key, bad URL: retrying will not help.
+                    return JudgeFailure(f"HTTP {status} from {url}: {response.text[:200]}")
+                else:
+                    try:
+                        content = response.json()["choices"][0]["message"]["content"]
+                        return parse_judge_output(content or "")
+                    except (ValueError, KeyError, IndexError, TypeError) as e:
+                        reason = f"malformed judge reply: {e}"
+                        # A malformed reply is asked once more (sampling may differ); more
+                        # attempts at temperature 0 would only repeat it.
+                        if parse_retry_used:
+                            return JudgeFailure(reason)
+                        parse_retry_used = True
+            if attempt < self.max_retries:
+                self._sleep(attempt, retry_after)
+            attempt += 1
+        return JudgeFailure(f"{reason} (after {self.max_retries + 1} attempts)")
+
+
+def make_judge(name: str, **options) -> Judge:
+    """Build a judge by name; ``options`` go to its constructor (e.g. ``method="rougeL"`` for
+    ``lexical``; ``base_url``, ``model``, ``cache_path``, ``max_concurrency`` for ``llm``)."""
+    judges = {
+        "exact": ExactJudge,
+        "contains": ContainsJudge,
+        "lexical": LexicalJudge,
+        "embedding": EmbeddingJudge,
+        "llm": LLMJudge,
+    }
+    if name not in judges:
+        raise ValueError(f"unknown judge {name!r}; use one of {list(JUDGES)} or pass a Judge object")
+    return judges[name](**options)
