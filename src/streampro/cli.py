@@ -15,7 +15,9 @@ import sys
 from streampro import __version__
 
 # name -> (module, one-line help). Add a line here when a command lands.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "score": ("streampro.metrics.cli", "StreamPro-F1 of a predictions file against benchmark references."),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
