@@ -40,8 +40,9 @@ logger = logging.getLogger(__name__)
 # A frame whose presentation time is within this many seconds after t_k still counts as shown at t_k
 # (absorbs float error in pts * time_base; far below any real frame interval).
 _PTS_EPS = 1e-6
-# The last decoded frame is held (as a player does) up to this many native frame intervals past its
-# own start; a turn later than that means the stream stopped before its declared duration.
+# At the end of a stream the last frame stays on screen (as in a player) for turns up to the header's
+# duration, but at most this many native frame intervals, or one turn, past its own start: a longer
+# gap means the stream stopped early (a truncated file), which is an error, not a frozen frame.
 _HOLD_FRAMES = 2.0
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -111,41 +112,6 @@ def _fit_max_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
     return image.resize((new_w, new_h), Image.Resampling.BICUBIC)
 
 
-def _sample_at_turns(
-    timed: Iterable[tuple[float, Any]], fps: float, max_frames: int | None
-) -> Iterator[tuple[int, Any, float]]:
-    """Pick, for each turn k, the item with the largest time <= turn_time(k, fps).
-
-    ``timed`` yields ``(time, item)`` in non-decreasing time. Yields ``(k, item, item_time)`` as
-    soon as turn k is decided (when an item later than t_k arrives); keeps one candidate only. Turns
-    after the last item are *not* yielded here: the caller decides how long the last item is held.
-    Yields nothing for turns before the first item (a stream starting late) — the caller checks.
-    """
-    k = 0
-    candidate: tuple[float, Any] | None = None
-    for t, item in timed:
-        while candidate is not None and t > turn_time(k, fps) + _PTS_EPS:
-            if max_frames is not None and k >= max_frames:
-                return
-            yield k, candidate[1], candidate[0]
-            k += 1
-        if candidate is None and t > turn_time(k, fps) + _PTS_EPS:
-            raise _LateStartError(t, turn_time(k, fps))
-        candidate = (t, item)
-    if candidate is not None:
-        # Signal the end to the caller with the last candidate (k = next undecided turn).
-        yield -1 - k, candidate[1], candidate[0]
-
-
-class _LateStartError(Exception):
-    """The first frame comes after the first turn time: no frame is displayed at t_0."""
-
-    def __init__(self, first_time: float, turn_t: float):
-        super().__init__(first_time, turn_t)
-        self.first_time = first_time
-        self.turn_t = turn_t
-
-
 # --------------------------------------------------------------------------------------------
 # Probing
 # --------------------------------------------------------------------------------------------
@@ -167,22 +133,21 @@ def _first_video_stream(container, p: Path):
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise VideoReadError(
-            f"{p}: has no video stream (streams found: {', '.join(kinds)}); pass a file that contains "
-            "video"
+            f"{p}: has no video stream (streams found: {', '.join(kinds)}); pass a file that contains video"
         )
     # streams.video is in stream-index order: the first video stream, deterministically.
     return container.streams.video[0]
 
 
-def _stream_facts(container, stream, p: Path) -> tuple[float | None, float, int, int, int | None, float]:
-    """(declared duration or None, native fps, width, height, declared frame count or None, start)."""
+def _stream_facts(stream) -> tuple[float | None, float, int, int, int | None, float]:
+    """(header duration or None, native fps, width, height, header frame count or None, start time).
+
+    Only the video stream's own header counts: a container duration also covers audio and
+    subtitles, so it is never taken as the video's.
+    """
     tb = stream.time_base
-    start = float(stream.start_time * tb) if stream.start_time is not None and tb is not None else 0.0
-    duration: float | None = None
-    if stream.duration is not None and tb is not None and stream.duration > 0:
-        duration = float(stream.duration * tb)
-    elif container.duration is not None and container.duration > 0:
-        duration = container.duration / 1_000_000 - start
+    start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+    duration = float(stream.duration * tb) if stream.duration else None
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     native_fps = float(rate) if rate else 0.0
     ctx = stream.codec_context
@@ -190,36 +155,43 @@ def _stream_facts(container, stream, p: Path) -> tuple[float | None, float, int,
 
 
 def _duration_from_packets(container, stream, start: float) -> float:
-    """Video duration when the header declares none: end of the last packet (demux only, no decode)."""
+    """Video duration when the stream header declares none (MKV/WebM): the end of its last packet.
+
+    Demuxes the video stream's packets (reads the file, decodes nothing).
+    """
     end = 0.0
     for packet in container.demux(stream):
-        if packet.pts is None:
-            continue
-        t = float((packet.pts + (packet.duration or 0)) * packet.time_base) - start
-        end = max(end, t)
+        if packet.pts is not None and packet.size:
+            end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base) - start)
     return end
 
 
-def probe_video(path: str | os.PathLike, backend: str = "pyav") -> VideoInfo:
-    """Read the header facts of ``path``'s first video stream (no frame is decoded).
+def _has_packet(container, stream) -> bool:
+    """Whether the stream holds any data (stops at its first packet)."""
+    return any(packet.size for packet in container.demux(stream))
 
-    Raises :class:`VideoReadError` for a missing, unreadable or video-less file and for a video
-    stream with no frames (duration 0).
+
+def probe_video(path: str | os.PathLike, backend: str = "pyav") -> VideoInfo:
+    """Read the header facts of ``path``'s first video stream without decoding frames.
+
+    ``duration`` is the video stream's own duration; when its header has none (MKV, WebM) the
+    packets are scanned. Raises :class:`VideoReadError` for a missing, unreadable or video-less
+    file and for a video stream without frames.
     """
-    if backend == "decord":
-        return _probe_decord(path)
-    if backend != "pyav":
+    if backend not in ("pyav", "decord"):
         raise ValueError(f"backend must be 'pyav' or 'decord', got {backend!r}")
     p = _check_file(path)
+    if backend == "decord":
+        return _decord_reader(p)[1]
     with _open_container(p) as container:
         stream = _first_video_stream(container, p)
-        duration, native_fps, width, height, n, start = _stream_facts(container, stream, p)
+        duration, native_fps, width, height, n, start = _stream_facts(stream)
         if duration is None:
             duration = _duration_from_packets(container, stream, start)
+        elif not _has_packet(container, stream):
+            duration = 0.0  # Matroska gives an empty video stream the file's duration
     if duration <= 0 or n == 0 or width <= 0 or height <= 0:
-        raise VideoReadError(
-            f"{p}: the video stream has no frames (duration {duration:g} s); pass a non-empty video"
-        )
+        raise VideoReadError(f"{p}: the video stream has no frames; pass a non-empty video")
     return VideoInfo(str(p), duration, native_fps, width, height, n)
 
 
@@ -235,83 +207,94 @@ def _too_short_error(p: Path, duration: float, fps: float) -> VideoReadError:
     )
 
 
-def _iter_pyav(p: Path, fps: float, max_frames: int | None, max_pixels: int | None) -> Iterator[Frame]:
+def _decode_timed(container, stream, p: Path, start: float) -> Iterator[tuple[float, float, Any]]:
+    """Yield ``(start time, duration, av.VideoFrame)`` of each decoded frame; raise on any corrupt one."""
     import av
 
+    last_good: float | None = None
+    try:
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                raise VideoReadError(
+                    f"{p}: a frame after {last_good or 0:.3f} s has no presentation time; {_REENCODE_HINT}"
+                )
+            t = float(frame.pts * frame.time_base) - start
+            if frame.is_corrupt:
+                raise VideoReadError(
+                    f"{p}: the frame at {t:.3f} s is corrupt; repair the file or {_REENCODE_HINT}"
+                )
+            last_good = t
+            yield t, float(frame.duration * frame.time_base) if frame.duration else 0.0, frame
+    except av.FFmpegError as exc:
+        where = f"after the frame at {last_good:.3f} s" if last_good is not None else "at the first frame"
+        raise VideoReadError(
+            f"{p}: decoding failed {where} ({exc}); the file is corrupt or truncated; repair the file or "
+            f"{_REENCODE_HINT}"
+        ) from exc
+
+
+def _iter_pyav(p: Path, fps: float, max_frames: int | None, max_pixels: int | None) -> Iterator[Frame]:
     container = _open_container(p)
+    decoded = None
     try:
         stream = _first_video_stream(container, p)
-        declared, native_fps, _w, _h, declared_n, start = _stream_facts(container, stream, p)
-        if declared is not None and declared_n != 0 and num_turns(declared, fps) == 0 and declared > 0:
-            raise _too_short_error(p, declared, fps)
-        stream.thread_type = "AUTO"
-        frame_interval = 1.0 / native_fps if native_fps > 0 else 0.0
+        header_duration, native_fps, _, _, _, start = _stream_facts(stream)
+        if header_duration is not None and num_turns(header_duration, fps) == 0:
+            raise _too_short_error(p, header_duration, fps)
+        stream.thread_type = "AUTO"  # frame/slice threads: same frames, faster
+        # Turns the header promises; None when it declares no duration (decided at the end of the stream).
+        header_turns = num_turns(header_duration, fps) if header_duration is not None else None
 
-        last_good = [None]  # time of the last frame decoded cleanly, for error messages
+        def done(k: int) -> bool:
+            return (header_turns is not None and k >= header_turns) or (
+                max_frames is not None and k >= max_frames
+            )
 
-        def timed_frames() -> Iterator[tuple[float, Any]]:
-            try:
-                for frame in container.decode(stream):
-                    if frame.pts is None:
-                        raise VideoReadError(
-                            f"{p}: a frame after {last_good[0] or 0:g} s has no presentation time; "
-                            f"{_REENCODE_HINT}"
-                        )
-                    t = float(frame.pts * frame.time_base) - start
-                    if frame.is_corrupt:
-                        raise VideoReadError(
-                            f"{p}: the frame at {t:.3f} s is corrupt; {_REENCODE_HINT} or repair the file"
-                        )
-                    last_good[0] = t
-                    yield t, frame
-            except av.FFmpegError as exc:
-                after = f"after {last_good[0]:.3f} s" if last_good[0] is not None else "at the start"
+        k = 0  # next turn to yield
+        last: tuple[float, float, Any] | None = None  # the candidate: latest frame with time <= t_k
+        decoded = _decode_timed(container, stream, p, start)
+        for t, dur, frame in decoded:
+            if last is None and t > turn_time(0, fps) + _PTS_EPS:
                 raise VideoReadError(
-                    f"{p}: decoding failed {after} ({exc}); the file is corrupt or truncated; "
-                    f"{_REENCODE_HINT} or repair the file"
-                ) from exc
-
-        def to_image(frame) -> Image.Image:
-            return _fit_max_pixels(frame.to_image(), max_pixels)
-
-        emitted = 0
-        try:
-            for k, frame, t_frame in _sample_at_turns(timed_frames(), fps, max_frames):
-                if k >= 0:
-                    emitted += 1
-                    yield turn_time(k, fps), to_image(frame)
-                    continue
-                # End of stream: hold the last frame for the remaining turns up to the duration.
-                k = -1 - k
-                actual_end = t_frame + frame_interval
-                duration = declared if declared is not None else actual_end
-                total = num_turns(duration, fps)
-                if max_frames is not None:
-                    total = min(total, max_frames)
-                if total == 0:
-                    raise _too_short_error(p, duration, fps)
-                last_image = None
-                while k < total:
-                    t_k = turn_time(k, fps)
-                    if t_k > t_frame + _HOLD_FRAMES * max(frame_interval, _PTS_EPS) + _PTS_EPS:
-                        raise VideoReadError(
-                            f"{p}: the video stream ends at {actual_end:.3f} s but its header declares "
-                            f"{duration:.3f} s, so there is no frame for {t_k:g} s; the file is probably "
-                            f"truncated; {_REENCODE_HINT}"
-                        )
-                    if last_image is None:
-                        last_image = to_image(frame)
-                    emitted += 1
-                    yield t_k, last_image.copy()
-                    k += 1
-        except _LateStartError as exc:
-            raise VideoReadError(
-                f"{p}: the first video frame starts at {exc.first_time:.3f} s, after the first turn "
-                f"time {exc.turn_t:g} s, so no frame is shown then; {_REENCODE_HINT}"
-            ) from None
-        if emitted == 0 and (max_frames is None or max_frames > 0):
+                    f"{p}: the first video frame starts at {t:.3f} s, after the first turn time "
+                    f"{turn_time(0, fps):g} s, so nothing is shown then; {_REENCODE_HINT}"
+                )
+            # A frame later than t_k means the candidate is the frame shown at t_k.
+            while last is not None and t > turn_time(k, fps) + _PTS_EPS:
+                if done(k):
+                    return
+                yield turn_time(k, fps), _fit_max_pixels(last[2].to_image(), max_pixels)
+                k += 1
+            if done(k):
+                return
+            last = (t, dur, frame)
+        if last is None:
             raise VideoReadError(f"{p}: the video stream has no decodable frames; pass a non-empty video")
+
+        # End of stream: the last frame stays on screen until the end of the video.
+        t_last, dur_last, frame = last
+        interval = dur_last or (1.0 / native_fps if native_fps > 0 else 0.0)
+        end = t_last + interval
+        total = header_turns if header_turns is not None else num_turns(end, fps)
+        if total == 0:
+            raise _too_short_error(p, end, fps)
+        limit = total if max_frames is None else min(total, max_frames)
+        image = None
+        while k < limit:
+            t_k = turn_time(k, fps)
+            if t_k > t_last + max(_HOLD_FRAMES * interval, 1.0 / fps) + _PTS_EPS:
+                raise VideoReadError(
+                    f"{p}: the video stream ends at {end:.3f} s but its header declares "
+                    f"{header_duration:.3f} s, so no frame is shown at {t_k:g} s; the file is probably "
+                    f"truncated; {_REENCODE_HINT}"
+                )
+            if image is None:
+                image = _fit_max_pixels(frame.to_image(), max_pixels)
+            yield t_k, image.copy()
+            k += 1
     finally:
+        if decoded is not None:
+            decoded.close()  # before the container it reads from
         container.close()
 
 
@@ -342,19 +325,14 @@ def _decord_reader(p: Path):
     except decord.DECORDError as exc:
         raise VideoReadError(f"{p}: decord cannot read this video ({exc}); use backend='pyav'") from exc
     h, w = reader[0].shape[:2] if len(reader) else (0, 0)
-    if (w, h) != (info.width, info.height) or (info.num_frames is not None and len(reader) != info.num_frames):
+    if (w, h) != (info.width, info.height) or (
+        info.num_frames is not None and len(reader) != info.num_frames
+    ):
         raise VideoReadError(
             f"{p}: decord reads a different video stream ({w}x{h}, {len(reader)} frames) than the first "
             f"video stream ({info.width}x{info.height}, {info.num_frames} frames); use backend='pyav'"
         )
     return reader, info
-
-
-def _probe_decord(path: str | os.PathLike) -> VideoInfo:
-    p = _check_file(path)
-    reader, info = _decord_reader(p)
-    del reader
-    return info
 
 
 def _iter_decord(p: Path, fps: float, max_frames: int | None, max_pixels: int | None) -> Iterator[Frame]:
@@ -426,7 +404,9 @@ def iter_image_dir(directory: str | os.PathLike, fps: float = 1.0) -> Iterator[F
     if not d.exists():
         raise VideoReadError(f"{d}: no such directory; check the path")
     if not d.is_dir():
-        raise VideoReadError(f"{d}: is a file, not a directory of frames; read videos with iter_video_frames()")
+        raise VideoReadError(
+            f"{d}: is a file, not a directory of frames; read videos with iter_video_frames()"
+        )
     files = sorted(
         (f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")),
         key=lambda f: _natural_key(f.name),
@@ -558,11 +538,15 @@ def encode_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: flo
         for i, arr in enumerate(frames):
             arr = np.asarray(arr)
             if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-                raise ValueError(f"frame {i}: expected HxWx3 uint8 RGB, got shape {arr.shape} dtype {arr.dtype}")
+                raise ValueError(
+                    f"frame {i}: expected HxWx3 uint8 RGB, got shape {arr.shape} dtype {arr.dtype}"
+                )
             h, w = arr.shape[:2]
             if stream is None:
                 if h % 2 or w % 2:
-                    raise ValueError(f"frame {i}: yuv420p needs even width and height, got {w}x{h}; crop or pad")
+                    raise ValueError(
+                        f"frame {i}: yuv420p needs even width and height, got {w}x{h}; crop or pad"
+                    )
                 stream = container.add_stream(codec, rate=rate)
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
                 if codec == "libx264":
@@ -570,7 +554,9 @@ def encode_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: flo
                 else:
                     stream.options = {"qscale": "2"}
             elif (h, w) != (stream.height, stream.width):
-                raise ValueError(f"frame {i}: size {w}x{h} differs from the first frame's {stream.width}x{stream.height}")
+                raise ValueError(
+                    f"frame {i}: size {w}x{h} differs from the first frame's {stream.width}x{stream.height}"
+                )
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
             frame.pts = i
             frame.time_base = 1 / rate
