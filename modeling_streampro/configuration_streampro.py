@@ -86,3 +86,5 @@ class StreamProConfig(PreTrainedConfig):
 
 
 __all__ = ["StreamProConfig"]
+
+StreamProConfig.register_for_auto_class()

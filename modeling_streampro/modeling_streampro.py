@@ -302,6 +302,8 @@ def _register_weight_conversion() -> None:
 
 
 _register_weight_conversion()
+# save_pretrained copies this file and its siblings next to the weights (Hub remote code).
+StreamProForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 
 
 def _normalise_questions(question, question_time: float) -> list[tuple[float, str]]:

@@ -301,6 +301,9 @@ class StreamProProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"]
 
 
+StreamProProcessor.register_for_auto_class("AutoProcessor")
+
+
 def stream_messages(
     num_turns: int,
     questions: dict[int, str],
