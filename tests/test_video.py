@@ -205,7 +205,10 @@ def test_image_dir_natural_order(tmp_path):
     for i, (_, image) in enumerate(frames):  # frame10 comes after frame2
         assert image.mode == "RGB"
         _assert_color(image, (50 * (i + 1),) * 3)
-    assert [t for t, _ in load_frames(tmp_path, max_frames=2)] == [1.0, 2.0]
+    loaded = load_frames(tmp_path, max_frames=2, max_pixels=32 * 24)
+    assert [(t, image.size) for t, image in loaded] == [(1.0, (32, 24)), (2.0, (32, 24))]
+    with pytest.raises(TypeError, match=r"\['backend'\] do not apply to an image directory"):
+        load_frames(tmp_path, backend="decord")
 
 
 def test_image_dir_errors(tmp_path):
@@ -344,6 +347,8 @@ def _audio_only(path: Path) -> Path:
 
 def test_no_video_stream(tmp_path):
     path = _audio_only(tmp_path / "speech.m4a")
+    with pytest.raises(VideoReadError, match=r"speech\.m4a: has no video stream"):
+        iter_video_frames(path)  # raised at the call, before iterating
     with pytest.raises(VideoReadError, match=r"speech\.m4a: has no video stream \(streams found: audio\)"):
         _read(path)
     with pytest.raises(VideoReadError, match=r"speech\.m4a: has no video stream"):
@@ -373,7 +378,7 @@ def test_video_shorter_than_one_turn(tmp_path):
     path = _color_video(tmp_path / "short.mp4", fps=10, seconds=0.5)
     assert probe_video(path).duration == pytest.approx(0.5)  # probing a short video is fine
     with pytest.raises(VideoReadError, match=r"short\.mp4: the video is 0\.5 s long, shorter than one turn"):
-        _read(path, fps=1.0)
+        iter_video_frames(path, fps=1.0)
     assert [t for t, _ in iter_video_frames(path, fps=4.0)] == [0.25, 0.5]  # a higher fps works
 
 

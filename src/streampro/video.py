@@ -18,8 +18,10 @@ turn, a corrupt frame) raise :class:`VideoReadError`, whose message names the fi
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import numbers
 import os
 import queue
 import re
@@ -30,6 +32,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 from PIL import Image
 
@@ -60,9 +63,10 @@ class VideoReadError(RuntimeError):
 class VideoInfo:
     """Header facts about the first video stream of a file.
 
-    ``duration`` is the video stream's duration in seconds (the container's when the stream has
-    none); ``fps`` is the native average frame rate; ``num_frames`` is the frame count the header
-    declares, ``None`` when it declares none.
+    ``duration`` is the video stream's own duration in seconds (from its header, or from its
+    packets when the header has none; never the container's, which also covers audio); ``fps`` is
+    the native average frame rate; ``num_frames`` is the frame count the header declares, ``None``
+    when it declares none.
     """
 
     path: str
@@ -79,12 +83,12 @@ class VideoInfo:
 
 
 def _check_fps(fps: float) -> None:
-    if not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+    if not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
         raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
 
 
 def _check_max_frames(max_frames: int | None) -> None:
-    if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
+    if max_frames is not None and (not isinstance(max_frames, numbers.Integral) or max_frames < 1):
         raise ValueError(f"max_frames must be None or an integer >= 1, got {max_frames!r}")
 
 
@@ -118,8 +122,6 @@ def _fit_max_pixels(image: Image.Image, max_pixels: int | None) -> Image.Image:
 
 
 def _open_container(p: Path):
-    import av
-
     try:
         return av.open(str(p), mode="r")
     except (av.FFmpegError, UnicodeDecodeError) as exc:
@@ -209,8 +211,6 @@ def _too_short_error(p: Path, duration: float, fps: float) -> VideoReadError:
 
 def _decode_timed(container, stream, p: Path, start: float) -> Iterator[tuple[float, float, Any]]:
     """Yield ``(start time, duration, av.VideoFrame)`` of each decoded frame; raise on any corrupt one."""
-    import av
-
     last_good: float | None = None
     try:
         for frame in container.decode(stream):
@@ -233,14 +233,26 @@ def _decode_timed(container, stream, p: Path, start: float) -> Iterator[tuple[fl
         ) from exc
 
 
-def _iter_pyav(p: Path, fps: float, max_frames: int | None, max_pixels: int | None) -> Iterator[Frame]:
+def _open_pyav(p: Path, fps: float):
+    """Open ``p`` and check its header, so that iter_video_frames() fails at the call, not later."""
     container = _open_container(p)
-    decoded = None
     try:
         stream = _first_video_stream(container, p)
-        header_duration, native_fps, _, _, _, start = _stream_facts(stream)
+        header_duration = _stream_facts(stream)[0]
         if header_duration is not None and num_turns(header_duration, fps) == 0:
             raise _too_short_error(p, header_duration, fps)
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
+
+
+def _iter_pyav(
+    container, stream, p: Path, fps: float, max_frames: int | None, max_pixels: int | None
+) -> Iterator[Frame]:
+    decoded = None
+    try:
+        header_duration, native_fps, _, _, _, start = _stream_facts(stream)
         stream.thread_type = "AUTO"  # frame/slice threads: same frames, faster
         # Turns the header promises; None when it declares no duration (decided at the end of the stream).
         header_turns = num_turns(header_duration, fps) if header_duration is not None else None
@@ -324,7 +336,7 @@ def _decord_reader(p: Path):
         reader = decord.VideoReader(str(p), ctx=decord.cpu(0), num_threads=0)
     except decord.DECORDError as exc:
         raise VideoReadError(f"{p}: decord cannot read this video ({exc}); use backend='pyav'") from exc
-    h, w = reader[0].shape[:2] if len(reader) else (0, 0)
+    h, w = reader[0].shape[:2] if len(reader) else (0, 0)  # probe_video() has checked there are frames
     if (w, h) != (info.width, info.height) or (
         info.num_frames is not None and len(reader) != info.num_frames
     ):
@@ -335,15 +347,11 @@ def _decord_reader(p: Path):
     return reader, info
 
 
-def _iter_decord(p: Path, fps: float, max_frames: int | None, max_pixels: int | None) -> Iterator[Frame]:
-    reader, info = _decord_reader(p)
-    n = len(reader)
-    if n == 0:
-        raise VideoReadError(f"{p}: the video stream has no decodable frames; pass a non-empty video")
-    starts = reader.get_frame_timestamp(range(n))[:, 0]  # (n,) presentation start time per frame
+def _iter_decord(
+    reader, info: VideoInfo, p: Path, fps: float, max_frames: int | None, max_pixels: int | None
+) -> Iterator[Frame]:
+    starts = reader.get_frame_timestamp(range(len(reader)))[:, 0]  # (n,) presentation start per frame
     total = num_turns(info.duration, fps)
-    if total == 0:
-        raise _too_short_error(p, info.duration, fps)
     if max_frames is not None:
         total = min(total, max_frames)
     for k in range(total):
@@ -384,8 +392,12 @@ def iter_video_frames(
         raise ValueError(f"backend must be 'pyav' or 'decord', got {backend!r}")
     p = _check_file(path)
     if backend == "decord":
-        return _iter_decord(p, fps, max_frames, max_pixels)
-    return _iter_pyav(p, fps, max_frames, max_pixels)
+        reader, info = _decord_reader(p)
+        if num_turns(info.duration, fps) == 0:
+            raise _too_short_error(p, info.duration, fps)
+        return _iter_decord(reader, info, p, fps, max_frames, max_pixels)
+    container, stream = _open_pyav(p, fps)
+    return _iter_pyav(container, stream, p, fps, max_frames, max_pixels)
 
 
 def _natural_key(name: str) -> list:
@@ -490,17 +502,21 @@ class LiveFrameQueue:
 
 
 def load_frames(path: str | os.PathLike, fps: float = 1.0, **kwargs) -> list[Frame]:
-    """All ``(time, frame)`` pairs of a video file (keyword options as :func:`iter_video_frames`)
-    or of an image directory, as a list. Memory grows with the frame count: pass ``max_frames``
-    to bound it, or stream with the ``iter_*`` functions instead.
+    """All ``(time, frame)`` pairs of a video file or an image directory, as a list.
+
+    Keyword options are those of :func:`iter_video_frames`; an image directory takes
+    ``max_frames`` and ``max_pixels``. Memory grows with the frame count: pass ``max_frames`` to
+    bound it, or stream with the ``iter_*`` functions instead.
     """
-    if Path(path).is_dir():
-        frames = list(iter_image_dir(path, fps))
-        max_frames = kwargs.pop("max_frames", None)
-        if kwargs:
-            raise TypeError(f"options {sorted(kwargs)} do not apply to an image directory")
-        return frames if max_frames is None else frames[:max_frames]
-    return list(iter_video_frames(path, fps, **kwargs))
+    if not Path(path).is_dir():
+        return list(iter_video_frames(path, fps, **kwargs))
+    max_frames = kwargs.pop("max_frames", None)
+    max_pixels = kwargs.pop("max_pixels", None)
+    if kwargs:
+        raise TypeError(f"load_frames() options {sorted(kwargs)} do not apply to an image directory ({path})")
+    _check_max_frames(max_frames)
+    frames = itertools.islice(iter_image_dir(path, fps), max_frames)
+    return [(t, _fit_max_pixels(image, max_pixels)) for t, image in frames]
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,8 +525,6 @@ def load_frames(path: str | os.PathLike, fps: float = 1.0, **kwargs) -> list[Fra
 
 
 def _pick_encoder() -> str:
-    import av
-
     try:
         av.Codec("libx264", "w")
         return "libx264"
@@ -526,8 +540,6 @@ def encode_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: flo
     survive within a few levels); only when this PyAV build lacks libx264 does it fall back to
     mpeg4, and it logs which codec was used. Returns the path.
     """
-    import av
-
     _check_fps(fps)
     p = Path(path)
     codec = _pick_encoder()
