@@ -164,21 +164,25 @@ class EmbeddingJudge(Judge):
         package_dir = Path(wordllama.__file__).parent
         return wordllama.WordLlama.load(cache_dir=package_dir, disable_download=True)
 
-    def similarities(self, predictions: list[str], references: list[str]):
+    def similarities(self, predictions: list[str], references: list[str]) -> list[float]:
+        """Cosine similarity per pair; a text with no known token (e.g. empty) has no
+        embedding (WordLlama returns NaN), so it is similar only to another such text."""
         import numpy as np
 
         if self._model is None:
             self._model = self._load()
-        a = self._model.embed(predictions, norm=True)
-        b = self._model.embed(references, norm=True)
-        # An empty text embeds to NaN (0/0 norm): it shares nothing, so similarity 0.
-        return np.nan_to_num((a * b).sum(axis=1), nan=0.0)
+        with np.errstate(invalid="ignore"):
+            a = self._model.embed(predictions, norm=True)
+            b = self._model.embed(references, norm=True)
+        a_nan, b_nan = np.isnan(a).any(axis=1), np.isnan(b).any(axis=1)
+        sims = np.nan_to_num(a * b).sum(axis=1)
+        return [1.0 if an and bn else 0.0 if an or bn else float(s) for s, an, bn in zip(sims, a_nan, b_nan)]
 
     def score_batch(self, requests):
         if not requests:
             return []
         sims = self.similarities([r.prediction for r in requests], [r.reference for r in requests])
-        return [sum(float(s) >= t for t in self.thresholds) / 5 for s in sims]
+        return [sum(s >= t for t in self.thresholds) / 5 for s in sims]
 
     def describe(self):
         return {"name": self.name, "model": "wordllama l2_supercat 256", "thresholds": list(self.thresholds)}
