@@ -1,0 +1,636 @@
+"""Converters from public annotation formats to the raw schema (``streampro data convert``).
+
+Run::
+
+    streampro data convert charades-sta charades_sta_test.txt out/charades.raw.jsonl --video-root videos/
+
+Each format has a reader that yields *candidate* samples (the duration may be unknown) and
+counts what it had to skip; one driver then resolves videos and durations, applies the shared
+degenerate-row rules, validates and appends to the output. The mapping decisions per format
+(question wording and time, which time is t*) are documented in ``docs/data.md``.
+
+Degenerate rows are never dropped silently; every rule has a counter printed in the summary:
+
+- ``span_reversed`` (end < start): the answer is dropped;
+- ``span_zero_length`` (end == start): the answer is dropped;
+- ``clamped_to_duration``: a time / span end past the video end is set to the duration;
+- ``answer_after_duration``: a time / span start at or past the video end: the answer is dropped;
+- ``answer_before_question``: t* before the question time: the answer is dropped;
+- ``duplicate_answer``: the same (text, times) twice in one sample: the repeat is dropped;
+- ``duplicate_sample``: a sample identical to an earlier one (video, task, question, answers):
+  the repeat is dropped;
+- ``no_answers_left``: a sample whose answers were all dropped is dropped;
+- ``duration_estimated``: the annotation has no duration and no video was probed: the duration
+  is set to the latest annotated time (a lower bound) and ``meta.duration_estimated`` is true.
+
+Resume: the output is append-only; ids already in it are skipped (``already_done``), and a
+truncated last line (an interrupted write) is cut off before appending.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from streampro.dataset_scripts.schema import (
+    SEGMENT_TASKS,
+    TASKS,
+    TIMESTAMP_TASKS,
+    RawFormatError,
+    answer_time,
+    format_segment,
+    validate_raw,
+)
+
+logger = logging.getLogger(__name__)
+
+# ProactiveVideoQA marks scenes that hold no answer with this text.
+_NO_REPLY = "NO REPLY"
+# DoTA annotates frame indices at this rate (its README).
+DOTA_FPS = 10.0
+# RF: warn this many seconds before the hazard materialises (METHOD §2).
+RF_LEAD_SECONDS = 3.0
+
+QUESTIONS = {
+    "EU": "Describe each event in the video as soon as it has finished.",
+    "AA": "Watch the video and alert me immediately if anything abnormal or dangerous happens.",
+    "GP": "I am following these steps toward a goal. Each time a step is finished, tell me the next step.",
+    "RF": (
+        "I am a visually impaired pedestrian moving forward. Warn me about 3 seconds before any "
+        "hazard on my way, and tell me what to do."
+    ),
+}
+
+
+def tg_question(query: str) -> str:
+    """The Temporal Grounding question for a natural-language query."""
+    query = query.strip().rstrip(".")
+    return f'Tell me when "{query}" happens: give its start and end time as soon as it ends.'
+
+
+class Candidate(dict):
+    """A raw sample before video/duration resolution and cleaning (a dict with the raw keys)."""
+
+
+def _load_json(path: Path):
+    try:
+        with path.open(encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise RawFormatError(
+            f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno}); the file is "
+            "corrupt or truncated: download it again"
+        ) from None
+
+
+def _need(entry: dict, keys: tuple[str, ...], where: str) -> None:
+    if not isinstance(entry, dict):
+        raise RawFormatError(f"{where}: expected an object, got {type(entry).__name__}")
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise RawFormatError(f"{where}: missing field(s) {missing}; is this the right --format?")
+
+
+def _num(value, where: str, field: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RawFormatError(f"{where}: field '{field}' must be a number, got {value!r}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Readers: one per format. Each yields Candidates and counts skipped input in `stats`.
+# --------------------------------------------------------------------------------------------
+
+
+def read_activitynet(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
+    """ActivityNet Captions layout (also UCA / UCF-Crime and YouCook2): ``{vid: {duration, timestamps, sentences}}``.
+
+    EU: every caption is an event span. AA: videos of an anomaly class (UCF-Crime name not
+    starting with ``Normal``) get one alert per caption at its onset — UCA has no separate onset
+    label, so its captions stand for the anomaly's stages (an approximation). GP: after step i
+    ends, the answer is step i+1 (``"next: ..."``); the first step has no previous step.
+    """
+    if task not in ("EU", "AA", "GP"):
+        raise ValueError(f"activitynet-captions converts to EU, AA or GP (--task), got {task!r}")
+    data = _load_json(path)
+    if not isinstance(data, dict):
+        raise RawFormatError(f"{path}: expected an object {{video_id: {{duration, timestamps, sentences}}}}")
+    for vid, entry in data.items():
+        where = f"{path}: entry {vid!r}"
+        _need(entry, ("duration", "timestamps", "sentences"), where)
+        if len(entry["timestamps"]) != len(entry["sentences"]):
+            raise RawFormatError(
+                f"{where}: {len(entry['timestamps'])} timestamps but {len(entry['sentences'])} sentences"
+            )
+        events = []
+        for i, (span, text) in enumerate(zip(entry["timestamps"], entry["sentences"])):
+            if not isinstance(span, list) or len(span) != 2:
+                raise RawFormatError(f"{where}: field 'timestamps[{i}]' must be [start, end], got {span!r}")
+            events.append((_num(span[0], where, f"timestamps[{i}]"), _num(span[1], where, f"timestamps[{i}]"),
+                           str(text).strip()))
+        if task == "EU":
+            answers = [{"text": t, "start": s, "end": e} for s, e, t in events]
+        elif task == "AA":
+            if vid.startswith("Normal"):
+                stats["skipped_normal_video"] += 1
+                continue
+            answers = [{"text": t, "time": s} for s, e, t in events]
+        else:
+            events.sort(key=lambda x: (x[0], x[1]))
+            answers = [{"text": f"next: {events[i][2]}", "time": events[i - 1][1]} for i in range(1, len(events))]
+            if not answers:
+                stats["skipped_single_step"] += 1
+                continue
+        yield Candidate(
+            id=f"{path.stem}/{task}:{vid}", task=task, video=vid, duration=_num(entry["duration"], where, "duration"),
+            question=QUESTIONS[task], question_time=0.0, answers=answers, meta={},
+        )
+
+
+_CHARADES_LINE = re.compile(r"^(\S+)\s+([0-9.eE+-]+)\s+([0-9.eE+-]+)##(.*)$")
+
+
+def read_charades_sta(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
+    """Charades-STA ``VIDEO START END##sentence`` lines: each line is one TG sample asked at 0 s.
+
+    The file has no durations: they come from the videos (``--video-root``) or are estimated.
+    """
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            m = _CHARADES_LINE.match(line.rstrip("\n"))
+            if not m:
+                raise RawFormatError(
+                    f"{path}:{lineno}: expected 'VIDEO START END##sentence', got {line.strip()[:80]!r}"
+                )
+            vid, s, e, sentence = m.groups()
+            rows.append((lineno, vid, _num(s, f"{path}:{lineno}", "START"), _num(e, f"{path}:{lineno}", "END"),
+                         sentence.strip()))
+    latest: dict[str, float] = {}
+    for _, vid, _, e, _ in rows:
+        latest[vid] = max(latest.get(vid, 0.0), e)
+    for lineno, vid, s, e, sentence in rows:
+        yield Candidate(
+            id=f"charades-sta:L{lineno}", task="TG", video=vid, duration=None, question=tg_question(sentence),
+            question_time=0.0, answers=[{"text": format_segment(s, e), "start": s, "end": e}],
+            meta={"query": sentence, "latest_annotated_time": latest[vid]},
+        )
+
+
+def read_qvhighlights(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
+    """QVHighlights JSONL: one TG sample per query, one answer per relevant window."""
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RawFormatError(f"{where}: not valid JSON ({exc.msg}); fix or delete this line") from None
+            _need(entry, ("qid", "query", "duration", "vid", "relevant_windows"), where)
+            answers = []
+            for i, w in enumerate(entry["relevant_windows"]):
+                if not isinstance(w, list) or len(w) != 2:
+                    raise RawFormatError(f"{where}: field 'relevant_windows[{i}]' must be [start, end], got {w!r}")
+                s, e = _num(w[0], where, "relevant_windows"), _num(w[1], where, "relevant_windows")
+                answers.append({"text": format_segment(s, e), "start": s, "end": e})
+            yield Candidate(
+                id=f"qvhighlights:{entry['qid']}", task="TG", video=entry["vid"],
+                duration=_num(entry["duration"], where, "duration"), question=tg_question(entry["query"]),
+                question_time=0.0, answers=answers, meta={"query": entry["query"]},
+            )
+
+
+def _dota_advice(anomaly_class: str) -> str:
+    """A short warning from a DoTA class such as ``"ego: turning"``."""
+    who, _, kind = anomaly_class.partition(":")
+    kind = kind.strip().replace("_", " ") or "unknown"
+    party = "us" if who.strip() == "ego" else "other vehicles"
+    return f"Warning: a traffic accident involving {party} ({kind}) is about to happen ahead; slow down and keep clear."
+
+
+def read_dota(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
+    """DoTA metadata: one RF sample per clip; warning time = anomaly onset − 3 s (onsets in frames at 10 fps).
+
+    A warning time before 0 s (onset < 3 s) is set to 0 s and counted (``warning_clamped_to_start``).
+    """
+    data = _load_json(path)
+    if not isinstance(data, dict):
+        raise RawFormatError(f"{path}: expected an object {{clip: {{anomaly_start, num_frames, ...}}}}")
+    for clip, entry in data.items():
+        where = f"{path}: entry {clip!r}"
+        _need(entry, ("anomaly_start", "anomaly_end", "anomaly_class", "num_frames"), where)
+        onset = _num(entry["anomaly_start"], where, "anomaly_start") / DOTA_FPS
+        warn = onset - RF_LEAD_SECONDS
+        if warn < 0:
+            stats["warning_clamped_to_start"] += 1
+            warn = 0.0
+        yield Candidate(
+            id=f"dota:{clip}", task="RF", video=clip,
+            duration=_num(entry["num_frames"], where, "num_frames") / DOTA_FPS,
+            question=QUESTIONS["RF"], question_time=0.0,
+            answers=[{"text": _dota_advice(str(entry["anomaly_class"])), "time": warn}],
+            meta={"hazard_onset": onset, "anomaly_end": _num(entry["anomaly_end"], where, "anomaly_end") / DOTA_FPS,
+                  "anomaly_class": entry["anomaly_class"]},
+        )
+
+
+def _camel_words(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", name).lower()
+
+
+def read_ovo_bench(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
+    """OVO-Bench forward-active tasks (the other tasks are skipped and counted per task).
+
+    Mapping (Decision, docs/data.md): REC → EU, each repetition a span answered ``"count: n"``;
+    SSR → EU, each tutorial step a span; CRR → OU, t* = ``clue_time`` (the moment the clue
+    appears), question at ``ask_time``. REC/SSR are asked at 0 s. OVO-Bench has no durations.
+    """
+    data = _load_json(path)
+    if not isinstance(data, list):
+        raise RawFormatError(f"{path}: expected a list of OVO-Bench items")
+    for i, entry in enumerate(data):
+        where = f"{path}: item {i}"
+        _need(entry, ("id", "task", "video"), where)
+        kind = entry["task"]
+        test_times = [_num(t.get("realtime"), where, "test_info.realtime") for t in entry.get("test_info") or []]
+        meta = {"ovo_task": kind, "test_info": entry.get("test_info"),
+                "latest_annotated_time": max(test_times, default=0.0)}
+        if kind == "REC":
+            _need(entry, ("activity", "start_times", "end_times"), where)
+            spans = list(zip(entry["start_times"], entry["end_times"]))
+            answers = [{"text": f"count: {n}", "start": _num(s, where, "start_times"), "end": _num(e, where, "end_times")}
+                       for n, (s, e) in enumerate(spans, 1)]
+            question = (f"Count how many times the person is {entry['activity']}. "
+                        "Each time one more is completed, tell me the new count.")
+            yield Candidate(id=f"ovo-bench:{entry['id']}", task="EU", video=entry["video"], duration=None,
+                            question=question, question_time=0.0, answers=answers, meta=meta)
+        elif kind == "SSR":
+            _need(entry, ("tutorial", "all_steps", "start_time", "end_time"), where)
+            answers = [{"text": str(step), "start": _num(s, where, "start_time"), "end": _num(e, where, "end_time")}
+                       for step, s, e in zip(entry["all_steps"], entry["start_time"], entry["end_time"])]
+            question = (f"I am watching a tutorial: {_camel_words(entry['tutorial'])}. "
+                        "Tell me each step as soon as it has been completed.")
+            yield Candidate(id=f"ovo-bench:{entry['id']}", task="EU", video=entry["video"], duration=None,
+                            question=question, question_time=0.0, answers=answers, meta=meta)
+        elif kind == "CRR":
+            _need(entry, ("question", "answer", "ask_time", "clue_time"), where)
+            yield Candidate(id=f"ovo-bench:{entry['id']}", task="OU", video=entry["video"], duration=None,
+                            question=str(entry["question"]), question_time=_num(entry["ask_time"], where, "ask_time"),
+                            answers=[{"text": str(entry["answer"]), "time": _num(entry["clue_time"], where, "clue_time")}],
+                            meta=meta)
+        else:
+            stats[f"skipped_not_forward_task_{kind}"] += 1
+
+
+def _streamo_time(value, where: str, field: str) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _num(value, where, field)
+
+
+def read_streamo(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
+    """Streamo raw annotations: ``[{video_path, question: [{content, time}], response: [{content, st_time, end_time, time}]}]``.
+
+    The first question is used (further ones are counted, ``extra_question_ignored``). A response
+    with ``st_time``/``end_time`` is an event span; one with only ``time`` is instant. For
+    timestamp tasks a span answers at its end; for EU/TP/TG an instant answer at t becomes the
+    one-turn span [t − 1, t]. Durations come from the videos or are estimated.
+    """
+    data = _load_json(path)
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise RawFormatError(f"{path}: expected a list of Streamo samples")
+    for i, entry in enumerate(data):
+        where = f"{path}: item {i}"
+        _need(entry, ("question", "response"), where)
+        video = entry.get("video_path") or entry.get("video_name")
+        if not video:
+            raise RawFormatError(f"{where}: missing field 'video_path' (or 'video_name')")
+        questions = entry["question"]
+        if not isinstance(questions, list) or not questions:
+            raise RawFormatError(f"{where}: field 'question' must be a non-empty list of {{content, time}}")
+        if len(questions) > 1:
+            stats["extra_question_ignored"] += len(questions) - 1
+        q = questions[0]
+        _need(q, ("content",), f"{where} question[0]")
+        q_time = _streamo_time(q.get("time"), where, "question[0].time") or 0.0
+        answers = []
+        for j, r in enumerate(entry["response"]):
+            _need(r, ("content",), f"{where} response[{j}]")
+            st = _streamo_time(r.get("st_time"), where, f"response[{j}].st_time")
+            en = _streamo_time(r.get("end_time"), where, f"response[{j}].end_time")
+            t = _streamo_time(r.get("time"), where, f"response[{j}].time")
+            text = str(r["content"]).strip()
+            if st is not None and en is not None:
+                span = (st, en)
+            elif t is not None:
+                span = (max(0.0, t - 1.0), t)
+            else:
+                raise RawFormatError(f"{where}: response[{j}] has neither st_time/end_time nor time")
+            if task in TIMESTAMP_TASKS:
+                answers.append({"text": text, "time": span[1]})
+            else:
+                answers.append({"text": format_segment(*span) if task in SEGMENT_TASKS else text,
+                                "start": span[0], "end": span[1]})
+        yield Candidate(
+            id=f"streamo:{i}", task=task, video=str(video), duration=None, question=str(q["content"]),
+            question_time=q_time, answers=answers,
+            meta={"streamo_task_type": entry.get("task_type"), "streamo_source": entry.get("source")},
+        )
+
+
+def read_proactivevideoqa(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
+    """ProactiveVideoQA ``anno.json``: ``[{video, question_id, duration?, conversation, answer: [{content, related_timespan, reply_timespan}]}]``.
+
+    The question is the first user turn (at its ``time``). ``NO REPLY`` answers are skipped and
+    counted. EU/TP/TG use ``related_timespan`` as the event span (answer due when the related
+    content ends); timestamp tasks use t* = ``reply_timespan[0]``, the earliest accepted reply.
+    """
+    data = _load_json(path)
+    if not isinstance(data, list):
+        raise RawFormatError(f"{path}: expected a list of ProactiveVideoQA samples")
+    for i, entry in enumerate(data):
+        where = f"{path}: item {i}"
+        _need(entry, ("video", "conversation", "answer"), where)
+        users = [t for t in entry["conversation"] if isinstance(t, dict) and t.get("role") == "user"]
+        if not users:
+            raise RawFormatError(f"{where}: field 'conversation' has no user turn (the question)")
+        q = users[0]
+        answers = []
+        for j, a in enumerate(entry["answer"]):
+            _need(a, ("content", "reply_timespan"), f"{where} answer[{j}]")
+            text = str(a["content"]).strip()
+            if text.upper() == _NO_REPLY:
+                stats["no_reply_answer_skipped"] += 1
+                continue
+            reply = [_num(x, where, f"answer[{j}].reply_timespan") for x in a["reply_timespan"]]
+            related = [_num(x, where, f"answer[{j}].related_timespan") for x in (a.get("related_timespan") or reply)]
+            if task in TIMESTAMP_TASKS:
+                answers.append({"text": text, "time": reply[0]})
+            else:
+                answers.append({"text": format_segment(*related) if task in SEGMENT_TASKS else text,
+                                "start": related[0], "end": related[1]})
+        duration = entry.get("duration")
+        yield Candidate(
+            id=f"proactivevideoqa:{entry.get('question_id', i)}", task=task, video=str(entry["video"]),
+            duration=None if duration is None else _num(duration, where, "duration"),
+            question=str(q.get("content", "")), question_time=_num(q.get("time", 0.0), where, "conversation.time"),
+            answers=answers, meta={},
+        )
+
+
+# name -> (reader, default task, tasks the format can produce)
+FORMATS: dict[str, tuple[Callable[[Path, str, Counter], Iterator[Candidate]], str, tuple[str, ...]]] = {
+    "activitynet-captions": (read_activitynet, "EU", ("EU", "AA", "GP")),
+    "charades-sta": (read_charades_sta, "TG", ("TG",)),
+    "qvhighlights": (read_qvhighlights, "TG", ("TG",)),
+    "dota": (read_dota, "RF", ("RF",)),
+    "ovo-bench": (read_ovo_bench, "EU", ("EU",)),  # task fixed per OVO item (REC/SSR → EU, CRR → OU)
+    "streamo": (read_streamo, "EU", TASKS),
+    "proactivevideoqa": (read_proactivevideoqa, "EU", TASKS),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Shared cleaning and the driver
+# --------------------------------------------------------------------------------------------
+
+
+def _latest_time(answers: list[dict]) -> float:
+    return max((float(a[k]) for a in answers for k in ("time", "start", "end") if k in a), default=0.0)
+
+
+def clean_answers(task: str, answers: list[dict], duration: float, question_time: float, stats: Counter) -> list[dict]:
+    """Apply the degenerate-answer rules of the module docstring; return answers sorted by t*."""
+    out, seen = [], set()
+    for a in answers:
+        a = dict(a)
+        if not a.get("text", "").strip():
+            stats["empty_answer_text"] += 1
+            continue
+        if task in TIMESTAMP_TASKS:
+            if a["time"] > duration:
+                stats["answer_after_duration"] += 1
+                continue
+        else:
+            if a["end"] < a["start"]:
+                stats["span_reversed"] += 1
+                continue
+            if a["end"] == a["start"]:
+                stats["span_zero_length"] += 1
+                continue
+            if a["start"] >= duration:
+                stats["answer_after_duration"] += 1
+                continue
+            if a["end"] > duration:
+                stats["clamped_to_duration"] += 1
+                a["end"] = duration
+                if task in SEGMENT_TASKS:
+                    a["text"] = format_segment(a["start"], a["end"])
+        if answer_time(task, a) < question_time:
+            stats["answer_before_question"] += 1
+            continue
+        key = (a["text"], a.get("time"), a.get("start"), a.get("end"))
+        if key in seen:
+            stats["duplicate_answer"] += 1
+            continue
+        seen.add(key)
+        out.append(a)
+    sort_key = (lambda a: a["time"]) if task in TIMESTAMP_TASKS else (lambda a: (a["start"], a["end"]))
+    return sorted(out, key=sort_key)
+
+
+class MissingVideoError(FileNotFoundError):
+    """A sample's video is not under --video-root."""
+
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+
+
+def video_file_name(video: str, video_ext: str) -> str:
+    """The annotation's video id as a file name: ``video_ext`` is added unless it already has a video extension."""
+    return video if video.lower().endswith(VIDEO_EXTENSIONS) or not video_ext else video + video_ext
+
+
+class JsonlAppender:
+    """Append-only JSONL output that knows which ids it already holds (resume without duplicates)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: set[str] = set()
+        if self.path.exists():
+            self._load_existing()
+        self._f = self.path.open("a", encoding="utf-8")
+
+    def _load_existing(self) -> None:
+        data = self.path.read_bytes()
+        good_end = 0
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # an interrupted write: cut below
+            try:
+                self.done.add(json.loads(line)["id"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                lineno = data[:good_end].count(b"\n") + 1
+                raise RawFormatError(
+                    f"{self.path}:{lineno}: not a sample written by this tool; pass a new output path "
+                    "or delete the file to start over"
+                ) from None
+            good_end += len(line)
+        if good_end < len(data):
+            logger.warning("%s: cutting an incomplete last line (an interrupted run) before resuming", self.path)
+            with self.path.open("r+b") as f:
+                f.truncate(good_end)
+
+    def write(self, sample: dict) -> None:
+        self._f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+        self._f.flush()
+        self.done.add(sample["id"])
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def convert(
+    fmt: str,
+    input_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    task: str | None = None,
+    video_root: str | os.PathLike | None = None,
+    video_ext: str = ".mp4",
+    allow_missing_videos: bool = False,
+    progress: bool = True,
+) -> Counter:
+    """Convert one annotation file to raw JSONL at ``out_path``; return the summary counts.
+
+    With ``video_root`` every video must exist there (else :class:`MissingVideoError`, unless
+    ``allow_missing_videos``, which keeps the sample and counts ``missing_video``), ``video`` is
+    written as that path, and unknown durations are probed from the file.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; use one of {sorted(FORMATS)}")
+    reader, default_task, allowed = FORMATS[fmt]
+    task = task or default_task
+    if task not in allowed:
+        raise ValueError(f"format {fmt} converts to task(s) {list(allowed)}, not {task!r}")
+    input_path = Path(input_path)
+    if not input_path.is_file():
+        raise FileNotFoundError(f"{input_path}: no such annotation file")
+    root = Path(video_root) if video_root is not None else None
+    if root is not None and not root.is_dir():
+        raise FileNotFoundError(f"--video-root {root}: no such directory")
+    from tqdm import tqdm
+
+    stats: Counter = Counter()
+    seen_content: set[str] = set()
+    candidates = list(reader(input_path, task, stats))
+    with JsonlAppender(out_path) as out:
+        for cand in tqdm(candidates, desc=f"convert {fmt}", unit="sample", disable=not progress):
+            stats["read"] += 1
+            content = json.dumps([cand["video"], cand["task"], cand["question"], cand["question_time"],
+                                  cand["answers"]], sort_keys=True)
+            if content in seen_content:
+                stats["duplicate_sample"] += 1
+                continue
+            seen_content.add(content)
+            if cand["id"] in out.done:
+                stats["already_done"] += 1
+                continue
+            sample = dict(cand)
+            meta = dict(sample.pop("meta", None) or {})
+            latest_hint = float(meta.pop("latest_annotated_time", 0.0))
+            sample["video"] = video_file_name(sample["video"], video_ext)
+            if root is not None:
+                path = root / sample["video"]
+                if path.is_file():
+                    sample["video"] = str(path.resolve())
+                    if sample["duration"] is None:
+                        from streampro.video import probe_video
+
+                        sample["duration"] = probe_video(path).duration
+                        stats["duration_probed"] += 1
+                elif allow_missing_videos:
+                    stats["missing_video"] += 1
+                    meta["video_missing"] = True
+                else:
+                    raise MissingVideoError(
+                        f"{input_path}: sample {cand['id']}: video {path} not found under --video-root {root}; "
+                        "fix --video-root / --video-ext, or pass --allow-missing-videos to convert anyway"
+                    )
+            if sample["duration"] is None:
+                # Lower bound: the latest time the annotation mentions (answers, question, and any
+                # other times the reader noted, e.g. other queries on the same video).
+                sample["duration"] = max(_latest_time(sample["answers"]), sample["question_time"],
+                                         latest_hint)
+                meta["duration_estimated"] = True
+                stats["duration_estimated"] += 1
+            if sample["duration"] <= 0:
+                stats["no_duration"] += 1
+                continue
+            if sample["question_time"] > sample["duration"]:
+                stats["question_after_duration"] += 1
+                continue
+            sample["answers"] = clean_answers(
+                sample["task"], sample["answers"], sample["duration"], sample["question_time"], stats
+            )
+            if not sample["answers"]:
+                stats["no_answers_left"] += 1
+                continue
+            sample["source"] = fmt
+            sample["system"] = None
+            sample["meta"] = meta
+            validate_raw(sample, where=f"{input_path} -> {cand['id']}")
+            out.write(sample)
+            stats["written"] += 1
+    return stats
+
+
+def format_summary(stats: Counter) -> str:
+    """The printed summary: main counts first, then every rule that fired."""
+    main = ("read", "written", "already_done")
+    lines = [f"  {k}: {stats.get(k, 0)}" for k in main]
+    lines += [f"  {k}: {v}" for k, v in sorted(stats.items()) if k not in main]
+    return "\n".join(lines)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("format", choices=sorted(FORMATS), help="Annotation format of INPUT.")
+    parser.add_argument("input", help="Annotation file.")
+    parser.add_argument("out", help="Output raw JSONL (appended to; re-running resumes).")
+    parser.add_argument("--task", choices=TASKS, default=None,
+                        help="StreamPro task (activitynet-captions: EU/AA/GP; streamo, proactivevideoqa: any).")
+    parser.add_argument("--video-root", default=None,
+                        help="Folder holding the videos; each must exist there; missing durations are probed.")
+    parser.add_argument("--video-ext", default=".mp4",
+                        help="Extension added to video ids that have no video extension ('' for none).")
+    parser.add_argument("--allow-missing-videos", action="store_true",
+                        help="Keep samples whose video is not under --video-root (counted as missing_video).")
+    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+
+
+def run(args) -> int:
+    stats = convert(
+        args.format, args.input, args.out, task=args.task, video_root=args.video_root,
+        video_ext=args.video_ext, allow_missing_videos=args.allow_missing_videos, progress=not args.no_progress,
+    )
+    print(f"{args.format} -> {args.out}\n{format_summary(stats)}")
+    return 0

@@ -1,0 +1,576 @@
+"""StreamPro-Synth: procedural streaming videos with exact ground truth for all seven tasks.
+
+Run::
+
+    streampro data synth --out data/synth --n 140 --seed 0
+
+Every clip is drawn from a seeded generator (clip i of task T depends only on ``(seed, T, i)``),
+so the same seed gives byte-identical files. Clips are small (``--size`` ≤ 112 px, 12–24 s, a few
+large high-contrast shapes on a dark background) and every answer is a short phrase from a small
+closed vocabulary, so the ``exact`` judge is meaningful and a tiny CPU model can learn the tasks.
+
+Timing: every event happens at a whole second t. A clip is encoded at ``ENCODE_FPS`` frames per
+second, frame j showing the scene at time j / ENCODE_FPS, so the 1-fps frame of turn k (displayed at
+k + 1 s) shows the scene at exactly k + 1 s; a change at t* is first visible on turn t* − 1, which
+is where ``turn_index_for_time(t*)`` puts the response. t* per task (METHOD §2): OU the change, AA
+the anomaly onset, EU/TP the end of the event span, TG the segment end (answer ``"Ss - Es"``), GP the
+completion of the previous step, RF impact − 3 s (constant walking speed ``RF_SPEED`` px/s).
+
+Output (``OUT/``): ``videos/*.mp4``, ``raw/{split}.jsonl``, ``sft|rl|bench/{split}.jsonl`` and a
+dataset card ``README.md`` (configs ``sft`` (default), ``rl``, ``bench``) for ``datasets.load_dataset``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from streampro.dataset_scripts.builders import build_records, dataset_card, write_jsonl
+from streampro.dataset_scripts.schema import TASKS, format_segment, to_reference, validate_raw
+
+logger = logging.getLogger(__name__)
+
+ENCODE_FPS = 2  # frames per second in the files; the 1-fps samples fall on even frames
+MIN_DURATION, MAX_DURATION = 12, 24  # seconds
+SPLITS = ("train", "validation", "test")
+RF_SPEED = 5.0  # px/s at 112 px: the walker is 3 * RF_SPEED px from impact at the warning time
+RF_LEAD = 3  # seconds between the warning and the impact (METHOD §2)
+
+BACKGROUND = (24, 24, 32)
+COLORS = {
+    "red": (230, 40, 40),
+    "green": (40, 200, 70),
+    "blue": (50, 100, 245),
+    "yellow": (245, 215, 40),
+}
+COLOR_NAMES = tuple(COLORS)
+SHAPES = ("square", "circle", "triangle")
+WHITE, GRAY, BLACK = (240, 240, 240), (150, 150, 150), (0, 0, 0)
+FIRE_OUTER, FIRE_INNER = (255, 120, 0), (255, 230, 60)
+GROUND = (120, 80, 40)
+
+Render = Callable[[float], np.ndarray]
+
+
+@dataclass
+class Clip:
+    """One generated clip: how to draw it and its ground truth (raw-schema fields)."""
+
+    task: str
+    duration: int
+    question: str
+    question_time: float
+    answers: list[dict]
+    render: Render
+    meta: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing
+# --------------------------------------------------------------------------------------------
+
+
+class Canvas:
+    """Pixel grids of one frame size, and shape masks on them."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.yy, self.xx = np.mgrid[0:size, 0:size].astype(np.float32)
+
+    def blank(self) -> np.ndarray:
+        img = np.empty((self.size, self.size, 3), np.uint8)
+        img[:] = BACKGROUND
+        return img
+
+    def mask(self, shape: str, cx: float, cy: float, r: float) -> np.ndarray:
+        dx, dy = self.xx - cx, self.yy - cy
+        if shape == "square":
+            return (np.abs(dx) <= r) & (np.abs(dy) <= r)
+        if shape == "circle":
+            return dx * dx + dy * dy <= r * r
+        if shape == "triangle":  # apex up, base 2r wide, 2r high
+            return (np.abs(dy) <= r) & (np.abs(dx) <= (dy + r) / 2 + 0.5)
+        raise ValueError(f"unknown shape {shape!r}")
+
+    def rect(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        return (self.xx >= x0) & (self.xx < x1) & (self.yy >= y0) & (self.yy < y1)
+
+
+def _pick(rng: np.random.Generator, seq, k: int | None = None):
+    if k is None:
+        return seq[int(rng.integers(len(seq)))]
+    return [seq[int(i)] for i in rng.choice(len(seq), size=k, replace=False)]
+
+
+def _randint(rng: np.random.Generator, lo: int, hi: int) -> int:
+    """Uniform integer in [lo, hi] (inclusive)."""
+    return int(rng.integers(lo, hi + 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes acting on a 3x3 grid (EU, TP)
+# --------------------------------------------------------------------------------------------
+
+MOVES = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+@dataclass
+class Actor:
+    shape: str
+    color: str
+    gx: int
+    gy: int
+    big: bool
+    keys: list[tuple[float, float, float, float]] = field(default_factory=list)  # (t, x, y, r)
+
+    def name(self) -> str:
+        return f"the {self.color} {self.shape}"
+
+
+def _grid_xy(canvas: Canvas, gx: int, gy: int) -> tuple[float, float]:
+    cells = (0.25, 0.5, 0.75)
+    return canvas.size * cells[gx], canvas.size * cells[gy]
+
+
+def _radius(canvas: Canvas, big: bool) -> float:
+    return canvas.size * (0.12 if big else 0.07)
+
+
+def _possible_actions(actor: Actor, occupied: set[tuple[int, int]]) -> list[str]:
+    acts = []
+    for word, (dx, dy) in MOVES.items():
+        nx, ny = actor.gx + dx, actor.gy + dy
+        if 0 <= nx <= 2 and 0 <= ny <= 2 and (nx, ny) not in occupied:
+            acts.append(f"moved {word}")
+    acts.append("shrank" if actor.big else "grew")
+    return acts
+
+
+def _apply(actor: Actor, action: str) -> None:
+    if action.startswith("moved "):
+        dx, dy = MOVES[action.split()[1]]
+        actor.gx, actor.gy = actor.gx + dx, actor.gy + dy
+    else:
+        actor.big = action == "grew"
+
+
+def _schedule(rng: np.random.Generator, n: int, first_start: tuple[int, int],
+              lengths: tuple[int, int] = (2, 3), gaps: tuple[int, int] = (1, 3)) -> list[tuple[int, int]]:
+    """n non-overlapping spans [s, e] (lengths and gaps in seconds, inclusive ranges)."""
+    spans, t = [], _randint(rng, *first_start)
+    for _ in range(n):
+        d = _randint(rng, *lengths)
+        spans.append((t, t + d))
+        t += d + _randint(rng, *gaps)
+    return spans
+
+
+def _play(canvas: Canvas, rng: np.random.Generator, actors: list[Actor], n_events: int,
+          first_start: tuple[int, int]) -> list[dict]:
+    """Give ``n_events`` scheduled actions to random actors; fill their keyframes; return the events."""
+    for a in actors:
+        x, y = _grid_xy(canvas, a.gx, a.gy)
+        a.keys = [(0.0, x, y, _radius(canvas, a.big))]
+    events = []
+    for s, e in _schedule(rng, n_events, first_start):
+        for _ in range(20):  # pick an actor and an action whose text is new (unique event texts)
+            actor = _pick(rng, actors)
+            occupied = {(b.gx, b.gy) for b in actors if b is not actor}
+            action = _pick(rng, _possible_actions(actor, occupied))
+            text = f"{actor.name()} {action}"
+            if all(ev["text"] != text for ev in events):
+                break
+        else:  # pragma: no cover - 20 draws always find a new text with >= 2 actions per actor
+            raise RuntimeError("could not draw a distinct event")
+        x0, y0 = _grid_xy(canvas, actor.gx, actor.gy)
+        actor.keys.append((float(s), x0, y0, _radius(canvas, actor.big)))
+        _apply(actor, action)
+        x1, y1 = _grid_xy(canvas, actor.gx, actor.gy)
+        actor.keys.append((float(e), x1, y1, _radius(canvas, actor.big)))
+        events.append({"text": text, "start": float(s), "end": float(e)})
+    return events
+
+
+def _actor_render(canvas: Canvas, actors: list[Actor]) -> Render:
+    def render(t: float) -> np.ndarray:
+        img = canvas.blank()
+        for a in actors:
+            ts, xs, ys, rs = (np.array(v, np.float64) for v in zip(*a.keys))
+            x, y, r = (float(np.interp(t, ts, v)) for v in (xs, ys, rs))
+            img[canvas.mask(a.shape, x, y, r)] = COLORS[a.color]
+        return img
+
+    return render
+
+
+def _new_actors(rng: np.random.Generator, n: int) -> list[Actor]:
+    shapes, colors = _pick(rng, SHAPES, n), _pick(rng, COLOR_NAMES, n)
+    cells = _pick(rng, [(gx, gy) for gx in range(3) for gy in range(3)], n)
+    return [Actor(s, c, gx, gy, bool(rng.integers(2))) for s, c, (gx, gy) in zip(shapes, colors, cells)]
+
+
+# --------------------------------------------------------------------------------------------
+# Task generators
+# --------------------------------------------------------------------------------------------
+
+
+def _duration_for(rng: np.random.Generator, last_event: float) -> int:
+    """A clip length in [MIN, MAX] that leaves at least 2 s after the last event."""
+    lo = max(MIN_DURATION, math.ceil(last_event) + 2)
+    if lo > MAX_DURATION:
+        raise RuntimeError(f"event at {last_event} s does not fit in {MAX_DURATION} s")
+    return _randint(rng, lo, MAX_DURATION)
+
+
+def make_eu(canvas: Canvas, rng: np.random.Generator) -> Clip:
+    """EU: one shape makes 2-3 steps (a one-cell move, growing or shrinking); describe each as it ends."""
+    actors = _new_actors(rng, 1)
+    events = _play(canvas, rng, actors, _randint(rng, 2, 3), (1, 4))
+    duration = _duration_for(rng, events[-1]["end"])
+    q = float(_randint(rng, 0, int(events[0]["end"]) - 1))
+    return Clip("EU", duration, "Describe each step the shape takes as soon as the step is finished.", q,
+                events, _actor_render(canvas, actors), {"actor": actors[0].name()})
+
+
+def make_tp(canvas: Canvas, rng: np.random.Generator) -> Clip:
+    """TP: 2-3 shapes, three events; asked what happens after event X, the answer is the next event."""
+    actors = _new_actors(rng, _randint(rng, 2, 3))
+    events = _play(canvas, rng, actors, 3, (1, 6))
+    i = _randint(rng, 0, 1)
+    target, answer = events[i], events[i + 1]
+    duration = _duration_for(rng, events[-1]["end"])
+    q = float(_randint(rng, 0, int(answer["start"])))
+    return Clip("TP", duration, f"What happens after {target['text']}?", q, [answer],
+                _actor_render(canvas, actors), {"target": target["text"], "events": events})
+
+
+def make_ou(canvas: Canvas, rng: np.random.Generator) -> Clip:
+    """OU: a shape changes colour, or a new shape appears, at t*; confirm it at once."""
+    size = canvas.size
+    shape = _pick(rng, SHAPES)
+    c1, c2 = _pick(rng, COLOR_NAMES, 2)
+    t_star = _randint(rng, 3, MAX_DURATION - 3)
+    duration = _duration_for(rng, t_star)
+    q = float(_randint(rng, 0, t_star - 2))
+    cells = _pick(rng, [(gx, gy) for gx in range(3) for gy in range(3)], 2)
+    x, y = _grid_xy(canvas, *cells[0])
+    r = size * 0.12
+    variant = _pick(rng, ("change", "appear"))
+    if variant == "change":
+        question = f"Tell me when the {shape} changes colour."
+        text = f"the {c1} {shape} turned {c2}"
+
+        def render(t: float) -> np.ndarray:
+            img = canvas.blank()
+            img[canvas.mask(shape, x, y, r)] = COLORS[c2 if t >= t_star else c1]
+            return img
+    else:
+        question = "Tell me when a new shape appears."
+        text = f"a {c1} {shape} appeared"
+        # A second shape present from the start (half of the clips) is not new.
+        other = None
+        if rng.integers(2):
+            other = (_pick(rng, [s for s in SHAPES if s != shape]), c2, *_grid_xy(canvas, *cells[1]))
+
+        def render(t: float) -> np.ndarray:
+            img = canvas.blank()
+            if other is not None:
+                img[canvas.mask(other[0], other[2], other[3], r)] = COLORS[other[1]]
+            if t >= t_star:
+                img[canvas.mask(shape, x, y, r)] = COLORS[c1]
+            return img
+
+    return Clip("OU", duration, question, q, [{"text": text, "time": float(t_star)}], render,
+                {"variant": variant, "x": x, "y": y, "before": c1, "after": c2 if variant == "change" else None})
+
+
+def make_aa(canvas: Canvas, rng: np.random.Generator) -> Clip:
+    """AA: a calm shape drifts; at t* a fire starts or an object falls off a shelf; alert at once."""
+    size = canvas.size
+    t_star = _randint(rng, 3, MAX_DURATION - 3)
+    duration = _duration_for(rng, t_star)
+    q = float(_randint(rng, 0, t_star - 2))
+    variant = _pick(rng, ("fire", "fall"))
+    mover_shape, mover_color = _pick(rng, SHAPES), _pick(rng, COLOR_NAMES)
+    period, amp, phase = float(_randint(rng, 6, 10)), size * 0.2, float(rng.uniform(0, 2 * math.pi))
+    r = size * 0.08
+    fx = size * (0.3 if rng.integers(2) else 0.7)  # where the fire / the falling object is
+    fall_shape, fall_color = _pick(rng, SHAPES), _pick(rng, COLOR_NAMES)
+    shelf_y = size * 0.25
+
+    def render(t: float) -> np.ndarray:
+        img = canvas.blank()
+        mx = size / 2 + amp * math.sin(2 * math.pi * t / period + phase)
+        img[canvas.mask(mover_shape, mx, size * 0.5, r)] = COLORS[mover_color]
+        if variant == "fire":
+            if t >= t_star:
+                outer = ((canvas.xx - fx) / (size * 0.2)) ** 2 + ((canvas.yy - size * 0.8) / (size * 0.17)) ** 2 <= 1
+                inner = ((canvas.xx - fx) / (size * 0.1)) ** 2 + ((canvas.yy - size * 0.84) / (size * 0.09)) ** 2 <= 1
+                img[outer] = FIRE_OUTER
+                img[inner] = FIRE_INNER
+        else:
+            img[canvas.rect(fx - size * 0.15, shelf_y, fx + size * 0.15, shelf_y + 3)] = GRAY
+            oy = size - r - 2 if t >= t_star else shelf_y - r - 1
+            img[canvas.mask(fall_shape, fx, oy, r)] = COLORS[fall_color]
+        return img
+
+    text = "alert: a fire started" if variant == "fire" else "alert: an object fell"
+    return Clip("AA", duration, "Alert me if anything unusual happens.", q,
+                [{"text": text, "time": float(t_star)}], render, {"variant": variant, "x": fx})
+
+
+def make_tg(canvas: Canvas, rng: np.random.Generator) -> Clip:
+    """TG: a named shape is visible during [s, e); give "Ss - Es" as soon as it disappears."""
+    size = canvas.size
+    s = _randint(rng, 2, 14)
+    e = s + _randint(rng, 3, 8)
+    duration = _duration_for(rng, e)
+    q = float(_randint(rng, 0, s))
+    target, distractor = _new_actors(rng, 2)
+    r = size * 0.11
+    tx, ty = _grid_xy(canvas, target.gx, target.gy)
+    dx, dy = _grid_xy(canvas, distractor.gx, distractor.gy)
+    # The distractor is visible all the time or during its own interval.
+    d_span = (0.0, float(duration) + 1) if rng.integers(2) else tuple(sorted(map(float, rng.choice(duration, 2, replace=False))))
+
+    def render(t: float) -> np.ndarray:
+        img = canvas.blank()
+        if d_span[0] <= t < d_span[1]:
+            img[canvas.mask(distractor.shape, dx, dy, r)] = COLORS[distractor.color]
+        if s <= t < e:
+            img[canvas.mask(target.shape, tx, ty, r)] = COLORS[target.color]
+        return img
+
+    question = (f"When is {target.name()} on screen? Tell me its start and end time as soon as it disappears.")
+    return Clip("TG", duration, question, q, [{"text": format_segment(s, e), "start": float(s), "end": float(e)}],
+                render, {"x": tx, "y": ty, "color": target.color})
+
+
+def make_gp(canvas: Canvas, rng: np.random.Generator) -> Clip:
+    """GP: blocks are stacked in the goal order; after each block lands, name the next one."""
+    size = canvas.size
+    n = _randint(rng, 3, 4)
+    colors = _pick(rng, COLOR_NAMES, n)
+    spans = _schedule(rng, n, (1, 5), lengths=(2, 2), gaps=(1, 2))
+    duration = _duration_for(rng, spans[-1][1])
+    q = float(_randint(rng, 0, spans[0][1] - 1))
+    bw, bh = size * 0.4, size * 0.12
+    floor = size - 4
+
+    def render(t: float) -> np.ndarray:
+        img = canvas.blank()
+        img[canvas.rect(0, floor, size, size)] = GRAY
+        for i, (s, e) in enumerate(spans):
+            if t < s:
+                continue
+            y_rest = floor - (i + 1) * bh
+            y = y_rest if t >= e else 2 + (y_rest - 2) * (t - s) / (e - s)
+            img[canvas.rect(size / 2 - bw / 2, y, size / 2 + bw / 2, y + bh - 1)] = COLORS[colors[i]]
+        return img
+
+    goal = ", then ".join(colors)
+    question = f"Goal: stack the blocks {goal}, bottom to top. Each time a block is placed, tell me the next step."
+    answers = [{"text": f"next: place the {colors[i + 1]} block", "time": float(spans[i][1])} for i in range(n - 1)]
+    answers.append({"text": "done: the tower is complete", "time": float(spans[-1][1])})
+    return Clip("GP", duration, question, q, answers, render, {"colors": colors, "spans": spans})
+
+
+def make_rf(canvas: Canvas, rng: np.random.Generator) -> Clip:
+    """RF: a walker moves right at constant speed toward a wall or a hole; warn 3 s before impact."""
+    size = canvas.size
+    scale = size / 112
+    speed = RF_SPEED * scale
+    r = size * 0.09
+    ground = size * 0.75
+    obstacle = _pick(rng, ("wall", "hole"))
+    ox = size * float(rng.uniform(0.72, 0.82))
+    x_imp = ox - r if obstacle == "wall" else ox  # wall: touching it; hole: centre over its edge
+    max_move = int((x_imp - r - 2) / speed)
+    t_move = _randint(rng, 5, max_move)  # seconds of walking before the impact
+    t_imp = _randint(rng, max(t_move, RF_LEAD + 2), MAX_DURATION - 2)
+    t_warn = t_imp - RF_LEAD
+    duration = _duration_for(rng, t_imp)
+    q = float(_randint(rng, 0, t_warn - 1))
+    x_start, t0 = x_imp - speed * t_move, t_imp - t_move
+
+    def render(t: float) -> np.ndarray:
+        img = canvas.blank()
+        img[canvas.rect(0, ground, size, ground + 6 * scale)] = GROUND
+        if obstacle == "wall":
+            img[canvas.rect(ox, ground - size * 0.4, ox + 8 * scale, ground)] = GRAY
+        else:
+            img[canvas.rect(ox, ground, ox + 22 * scale, ground + 6 * scale)] = BLACK
+        x = x_start + speed * min(max(t - t0, 0.0), float(t_move))
+        img[canvas.mask("circle", x, ground - r, r)] = WHITE
+        return img
+
+    question = "I am the white ball walking right. Warn me 3 seconds before I run into anything."
+    return Clip("RF", duration, question, q, [{"text": f"warning: {obstacle} ahead, stop", "time": float(t_warn)}],
+                render, {"obstacle": obstacle, "impact_time": t_imp, "speed_px_s": speed, "start_time": t0})
+
+
+GENERATORS: dict[str, Callable[[Canvas, np.random.Generator], Clip]] = {
+    "EU": make_eu, "OU": make_ou, "AA": make_aa, "TP": make_tp, "TG": make_tg, "GP": make_gp, "RF": make_rf,
+}
+assert tuple(GENERATORS) == TASKS
+
+
+def make_clip(task: str, index: int, seed: int, size: int = 112) -> Clip:
+    """Clip ``index`` of ``task``: depends only on (seed, task, index, size)."""
+    rng = np.random.default_rng([seed, TASKS.index(task), index])
+    return GENERATORS[task](Canvas(size), rng)
+
+
+def clip_frames(clip: Clip) -> list[np.ndarray]:
+    """The encoded frames: frame j shows time j / ENCODE_FPS, up to and including the clip end."""
+    return [clip.render(j / ENCODE_FPS) for j in range(clip.duration * ENCODE_FPS + 1)]
+
+
+# --------------------------------------------------------------------------------------------
+# The dataset
+# --------------------------------------------------------------------------------------------
+
+
+def split_counts(m: int) -> dict[str, int]:
+    """80/10/10 of ``m`` clips of one task (validation and test get >= 1 clip once m >= 3)."""
+    held = max(1, round(m * 0.1)) if m >= 3 else 0
+    return {"train": m - 2 * held, "validation": held, "test": held}
+
+
+def per_task_counts(n: int) -> dict[str, int]:
+    """``n`` clips spread evenly over the seven tasks (the first tasks get the remainder)."""
+    return {t: n // len(TASKS) + (1 if i < n % len(TASKS) else 0) for i, t in enumerate(TASKS)}
+
+
+def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int = 112,
+             progress: bool = True) -> dict:
+    """Write StreamPro-Synth to ``out_dir``; return the statistics that the card reports."""
+    from tqdm import tqdm
+
+    from streampro.video import encode_video
+
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    if not (16 <= size <= 112) or size % 2:
+        raise ValueError(f"--size must be an even number of pixels in [16, 112], got {size}")
+    out = Path(out_dir)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    plan = []  # (split, task, index)
+    for task, m in per_task_counts(n).items():
+        counts, i = split_counts(m), 0
+        for split in SPLITS:
+            for _ in range(counts[split]):
+                plan.append((split, task, i))
+                i += 1
+    raw: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for split, task, i in tqdm(plan, desc="synth", unit="clip", disable=not progress):
+        clip = make_clip(task, i, seed, size)
+        sample_id = f"synth-{task}-{i:05d}"
+        video = f"videos/{sample_id}.mp4"
+        encode_video(out / video, clip_frames(clip), ENCODE_FPS)
+        sample = {
+            "id": sample_id, "task": task, "source": "streampro-synth", "video": video,
+            "duration": float(clip.duration), "question": clip.question, "question_time": clip.question_time,
+            "answers": clip.answers, "system": None,
+            "meta": {"seed": seed, "index": i, "split": split, **clip.meta},
+        }
+        raw[split].append(validate_raw(sample, where=sample_id))
+    stats: dict = {"seed": seed, "n": n, "size": size, "splits": {}, "tasks": {}}
+    for split in SPLITS:
+        write_jsonl(out / "raw" / f"{split}.jsonl", raw[split])
+        sft_stats: Counter = Counter()
+        write_jsonl(out / "sft" / f"{split}.jsonl", build_records("sft", raw[split], 1.0, sft_stats))
+        write_jsonl(out / "rl" / f"{split}.jsonl", build_records("rl", raw[split], 1.0))
+        write_jsonl(out / "bench" / f"{split}.jsonl", [to_reference(s) for s in raw[split]])
+        stats["splits"][split] = dict(sft_stats, clips=len(raw[split]))
+    for task in TASKS:
+        task_stats: Counter = Counter()
+        build_records("sft", [s for split in SPLITS for s in raw[split] if s["task"] == task], 1.0, task_stats)
+        stats["tasks"][task] = dict(task_stats)
+    (out / "README.md").write_text(_card(stats), encoding="utf-8")
+    return stats
+
+
+_TASK_DOC = {
+    "EU": "one shape makes 2–3 steps (a one-cell move on a 3×3 grid, growing or shrinking); answer each step "
+          "(`the red square moved right`, `the blue circle grew`) at the step's end",
+    "OU": "a shape changes colour (`the red square turned blue`) or a new shape appears (`a green circle "
+          "appeared`); answer at the change",
+    "AA": "a shape drifts calmly; suddenly a fire starts (`alert: a fire started`) or an object falls off a "
+          "shelf (`alert: an object fell`); answer at onset",
+    "TP": "2–3 shapes, three events; \"What happens after X?\" is answered with the next event at its end",
+    "TG": "a named shape is on screen during [s, e) (a distractor shape may also come and go); answer "
+          "`\"12s - 18s\"` when it disappears (t* = e)",
+    "GP": "blocks drop onto a stack in the goal order given in the question; after each block lands, answer "
+          "`next: place the green block` (after the last: `done: the tower is complete`)",
+    "RF": f"a white ball walks right at a constant {RF_SPEED:g} px/s (at 112 px) toward a wall or a hole; answer "
+          "`warning: wall ahead, stop` at impact − 3 s",
+}
+
+
+def _card(stats: dict) -> str:
+    configs = {kind: {s: f"{kind}/{s}.jsonl" for s in SPLITS} for kind in ("sft", "rl", "bench")}
+    rows = ["| task | clips | turns | response turns | silence turns | silence turns after the question |",
+            "|---|---|---|---|---|---|"]
+    for task, st in stats["tasks"].items():
+        rows.append(f"| {task} | {st.get('records', 0)} | {st.get('turns', 0)} | {st.get('response_turns', 0)} | "
+                    f"{st.get('silence_turns', 0)} | {st.get('silence_turns_from_question', 0)} |")
+    split_line = ", ".join(f"{s}: {st['clips']} clips" for s, st in stats["splits"].items())
+    tasks = "\n".join(f"- **{t}**: {d}." for t, d in _TASK_DOC.items())
+    body = f"""\
+Procedural streaming videos with exact ground truth for the seven StreamPro tasks, generated by
+`streampro data synth --n {stats['n']} --seed {stats['seed']} --size {stats['size']}`. Same seed, same files.
+
+Clips are {MIN_DURATION}–{MAX_DURATION} s, {stats['size']}×{stats['size']} px, H.264 at {ENCODE_FPS} fps
+(frame j shows time j/{ENCODE_FPS} s), a few large saturated shapes on a dark background. Answers are
+short phrases from a closed vocabulary (colours {', '.join(COLOR_NAMES)}; shapes {', '.join(SHAPES)}),
+so exact-match judging is meaningful. Splits ({split_line}) are 80/10/10 per task, balanced across tasks.
+
+## Tasks
+{tasks}
+
+Question times are drawn uniformly before the first answer, and event times vary widely across
+clips, so answering at a fixed time scores poorly.
+
+## How t* is computed
+Every event happens at a whole second. The frame of turn k (tag `<k s-(k+1) s>`) is the scene at
+k + 1 s, so a change at t* is first visible on turn t* − 1 = `turn_index_for_time(t*)`, where the
+SFT response sits. t*: OU the change; AA the onset; EU/TP the end of the event span; TG the segment
+end; GP the landing of the previous block; RF impact − {RF_LEAD} s, the impact time following from the
+walker's constant speed and distance.
+
+## Class balance (all splits, 1 fps)
+{chr(10).join(rows)}
+
+## Files
+`videos/*.mp4`; `raw/{{split}}.jsonl` (the raw schema, with generator facts under `meta`);
+configs `sft` (default; streaming conversations), `rl` (questions, answers, `rubric` slot) and
+`bench` (StreamPro-F1 references): `datasets.load_dataset(DIR, "bench", split="test")`.
+
+## License
+Apache-2.0 (generated by StreamPro's own code; no third-party content).
+"""
+    return dataset_card(configs, "StreamPro-Synth", body, license_="apache-2.0")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", required=True, help="Output folder.")
+    parser.add_argument("--n", type=int, default=140, help="Number of clips over all tasks (default 140).")
+    parser.add_argument("--seed", type=int, default=0, help="Random seed; the same seed gives identical files.")
+    parser.add_argument("--size", type=int, default=112, help="Frame width and height in pixels (even, <= 112).")
+    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+
+
+def run(args) -> int:
+    stats = generate(args.out, n=args.n, seed=args.seed, size=args.size, progress=not args.no_progress)
+    print(f"StreamPro-Synth -> {args.out}")
+    for split, st in stats["splits"].items():
+        print(f"  {split}: {st['clips']} clips, {st.get('response_turns', 0)} response turns, "
+              f"{st.get('silence_turns', 0)} silence turns")
+    return 0
