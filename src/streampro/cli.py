@@ -17,6 +17,10 @@ from streampro import __version__
 # name -> (module, one-line help). Add a line here when a command lands.
 COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("streampro.metrics.cli", "StreamPro-F1 of a predictions file against benchmark references."),
+    "data": (
+        "streampro.dataset_scripts.cli",
+        "Datasets: convert annotations, build SFT/RL/bench files, make StreamPro-Synth.",
+    ),
 }
 
 
