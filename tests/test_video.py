@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -109,6 +110,24 @@ def test_largest_presentation_time_not_after_turn(tmp_path):
     for t, image in frames:
         shown = min(n - 1, int(np.floor(t * 2.5 + 1e-9)))  # t=1 → frame 2 (0.8 s); t=2 → frame 5 (2.0 s)
         _assert_color(image, (10 * shown,) * 3)
+
+
+def test_times_are_relative_to_the_stream_start(tmp_path):
+    # A stream whose first frame has pts 2.0 s (a cut from a longer recording): turn 0 is 1 s in.
+    path = tmp_path / "offset.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for i in range(40):
+            frame = av.VideoFrame.from_ndarray(np.full((H, W, 3), 5 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = 20 + i, Fraction(1, 10)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    assert probe_video(path).duration == pytest.approx(4.0)
+    frames = list(iter_video_frames(path))
+    assert [t for t, _ in frames] == [1.0, 2.0, 3.0, 4.0]
+    for t, image in frames:
+        _assert_color(image, (5 * min(39, round(10 * t)),) * 3)
 
 
 def test_max_frames_and_max_pixels(color_video):
