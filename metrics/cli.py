@@ -21,27 +21,49 @@ MAX_ERRORS_SHOWN = 30
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--predictions", required=True, type=Path, help="JSONL: {id, predictions: [{time, text}]}")
+    parser.add_argument(
+        "--predictions", required=True, type=Path, help="JSONL: {id, predictions: [{time, text}]}"
+    )
     parser.add_argument("--references", required=True, type=Path, help="JSONL: one benchmark sample per line")
-    parser.add_argument("--judge", default="lexical", choices=JUDGES,
-                        help="Answer-accuracy judge (default: lexical, an offline approximation).")
+    parser.add_argument(
+        "--judge",
+        default="lexical",
+        choices=JUDGES,
+        help="Answer-accuracy judge (default: lexical, an offline approximation).",
+    )
     parser.add_argument("--lexical-method", default="token_f1", choices=("token_f1", "rougeL"))
-    parser.add_argument("--judge-base-url", help="llm judge: OpenAI-compatible API root, e.g. http://localhost:8000/v1")
+    parser.add_argument(
+        "--judge-base-url", help="llm judge: OpenAI-compatible API root, e.g. http://localhost:8000/v1"
+    )
     parser.add_argument("--judge-model", help="llm judge: model name sent to the endpoint")
-    parser.add_argument("--judge-api-key-env", default="OPENAI_API_KEY",
-                        help="llm judge: environment variable holding the API key (default OPENAI_API_KEY)")
-    parser.add_argument("--judge-cache", type=Path,
-                        help="llm judge: SQLite cache file (default $STREAMPRO_JUDGE_CACHE or ~/.cache/streampro)")
+    parser.add_argument(
+        "--judge-api-key-env",
+        default="OPENAI_API_KEY",
+        help="llm judge: environment variable holding the API key (default OPENAI_API_KEY)",
+    )
+    parser.add_argument(
+        "--judge-cache",
+        type=Path,
+        help="llm judge: SQLite cache file (default $STREAMPRO_JUDGE_CACHE or ~/.cache/streampro)",
+    )
     parser.add_argument("--judge-concurrency", type=int, default=16, help="llm judge: requests in flight")
     parser.add_argument("--judge-timeout", type=float, default=60.0, help="llm judge: seconds per request")
     parser.add_argument("--judge-retries", type=int, default=5, help="llm judge: retries per request")
-    parser.add_argument("--on-judge-failure", default="exclude", choices=("exclude", "stop"),
-                        help="A pair the judge could not score: exclude its sample (counted) or stop.")
+    parser.add_argument(
+        "--on-judge-failure",
+        default="exclude",
+        choices=("exclude", "stop"),
+        help="A pair the judge could not score: exclude its sample (counted) or stop.",
+    )
     parser.add_argument("--out", type=Path, help="Write the JSON report here.")
     parser.add_argument("--plot", type=Path, metavar="DIR", help="Write per-task F1 and timeline PNGs here.")
     parser.add_argument("--plot-samples", help="Comma-separated sample ids to draw timelines for.")
-    parser.add_argument("--plot-first", type=int, default=5,
-                        help="Without --plot-samples: draw timelines of the first N samples (default 5).")
+    parser.add_argument(
+        "--plot-first",
+        type=int,
+        default=5,
+        help="Without --plot-samples: draw timelines of the first N samples (default 5).",
+    )
 
 
 class InputError(ValueError):
@@ -62,7 +84,9 @@ def _read_jsonl(path: Path, parse, errors: list[str]) -> dict[str, tuple[int, ob
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                errors.append(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); one JSON object per line")
+                errors.append(
+                    f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); one JSON object per line"
+                )
                 continue
             try:
                 sample_id, record = parse(obj)
@@ -70,7 +94,9 @@ def _read_jsonl(path: Path, parse, errors: list[str]) -> dict[str, tuple[int, ob
                 errors.append(f"{path}:{lineno}: {e}")
                 continue
             if sample_id in records:
-                errors.append(f"{path}:{lineno}: duplicate id {sample_id!r} (first on line {records[sample_id][0]})")
+                errors.append(
+                    f"{path}:{lineno}: duplicate id {sample_id!r} (first on line {records[sample_id][0]})"
+                )
                 continue
             records[sample_id] = (lineno, record)
     return records
@@ -102,7 +128,9 @@ def load_inputs(predictions_path: Path, references_path: Path) -> tuple[list[lis
             )
     for sample_id, (lineno, _) in preds.items():
         if sample_id not in refs:
-            errors.append(f"{predictions_path}:{lineno}: id {sample_id!r} is not in {references_path}; remove it")
+            errors.append(
+                f"{predictions_path}:{lineno}: id {sample_id!r} is not in {references_path}; remove it"
+            )
     if errors:
         shown = errors[:MAX_ERRORS_SHOWN]
         more = f"\n... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
@@ -120,7 +148,9 @@ def build_judge(args):
         return make_judge("lexical", method=args.lexical_method)
     if args.judge == "llm":
         if not args.judge_base_url or not args.judge_model:
-            raise InputError("--judge llm needs --judge-base-url (e.g. http://localhost:8000/v1) and --judge-model")
+            raise InputError(
+                "--judge llm needs --judge-base-url (e.g. http://localhost:8000/v1) and --judge-model"
+            )
         return make_judge(
             "llm",
             base_url=args.judge_base_url,
@@ -147,11 +177,16 @@ def format_table(results: dict, per_sample: list[dict]) -> str:
         if f"{task}_f1" not in results:
             continue
         row = [results[f"{task}_{k}"] for k in ("time", "acc", "precision", "recall", "f1")]
-        lines.append(f"{task:<5}{TASK_SPECS[task].dimension:<5}{counts[task]:>6}" + "".join(f"{v:>8.1f}" for v in row))
+        lines.append(
+            f"{task:<5}{TASK_SPECS[task].dimension:<5}{counts[task]:>6}" + "".join(f"{v:>8.1f}" for v in row)
+        )
     lines.append("")
     head = [d for d in DIMENSIONS if f"{d}_f1" in results]
     lines.append("".join(f"{d + ' F1':>8}" for d in head) + f"{'Avg':>8}{'W-Avg':>8}")
-    lines.append("".join(f"{results[d + '_f1']:>8.1f}" for d in head) + f"{results['avg_f1']:>8.1f}{results['w_avg_f1']:>8.1f}")
+    lines.append(
+        "".join(f"{results[d + '_f1']:>8.1f}" for d in head)
+        + f"{results['avg_f1']:>8.1f}{results['w_avg_f1']:>8.1f}"
+    )
     lines.append("")
     lines.append(
         f"samples scored: {results['num_samples']}, excluded (judge failed): {results['excluded_samples']}, "
@@ -196,7 +231,11 @@ def run(args: argparse.Namespace) -> int:
         predictions, references = load_inputs(args.predictions, args.references)
         judge = build_judge(args)
         results = compute_streampro_f1(
-            predictions, references, judge=judge, on_judge_failure=args.on_judge_failure, return_per_sample=True
+            predictions,
+            references,
+            judge=judge,
+            on_judge_failure=args.on_judge_failure,
+            return_per_sample=True,
         )
     except (ValueError, JudgeError) as e:  # InputError, FormatError, bad judge options
         print(f"error: {e}", file=sys.stderr)

@@ -117,7 +117,10 @@ def match_prediction_first(reference: Reference, predictions: list[Prediction]) 
     """D6: for each prediction (time order) the index of the first item whose window holds it."""
     spec = TASK_SPECS[reference.task]
     return [
-        next((gi for gi, g in enumerate(reference.items) if in_window(p.time, g, spec.before, spec.after)), None)
+        next(
+            (gi for gi, g in enumerate(reference.items) if in_window(p.time, g, spec.before, spec.after)),
+            None,
+        )
         for p in predictions
     ]
 
@@ -173,7 +176,9 @@ def score_accuracy(samples, judge: str | Judge) -> list[_Accuracy]:
                     segments[pi] = parse_segment(preds[pi].text)
                     results[si].parse_failures += segments[pi] is None
                 seg = segments[pi]
-                results[si].scores[(pi, gi)] = 0.0 if seg is None else temporal_iou(seg, ref.items[gi].segment)
+                results[si].scores[(pi, gi)] = (
+                    0.0 if seg is None else temporal_iou(seg, ref.items[gi].segment)
+                )
             continue
         for pi, gi in pairs:
             request = JudgeRequest(ref.question, preds[pi].text, ref.items[gi].text)
@@ -270,7 +275,9 @@ def _raise_failures(ref: Reference, acc: _Accuracy):
         raise JudgeError(f"sample {ref.id}: {len(failures)} judge call(s) failed, e.g. {failures[0].reason}")
 
 
-def streampro_f1_sample(predictions: list[dict], reference: dict, judge: str | Judge = "lexical") -> SampleScore:
+def streampro_f1_sample(
+    predictions: list[dict], reference: dict, judge: str | Judge = "lexical"
+) -> SampleScore:
     """StreamPro-F1 of one sample: ``predictions`` = [{time, text}], ``reference`` as in
     :mod:`streampro.metrics.schema`. Raises :class:`JudgeError` if the judge failed on a pair."""
     ref, preds = _parse_inputs(predictions, reference)
@@ -339,7 +346,9 @@ def compute_streampro_f1(
     if on_judge_failure not in ("exclude", "stop"):
         raise ValueError(f"on_judge_failure must be 'exclude' or 'stop', got {on_judge_failure!r}")
     if len(predictions) != len(references):
-        raise ValueError(f"got {len(predictions)} prediction lists for {len(references)} references; pass one per sample")
+        raise ValueError(
+            f"got {len(predictions)} prediction lists for {len(references)} references; pass one per sample"
+        )
     samples = []
     for i, (pred, ref) in enumerate(zip(predictions, references)):
         try:
@@ -349,7 +358,8 @@ def compute_streampro_f1(
         matched = match_prediction_first(ref, preds)
         samples.append((ref, preds, matched))
     accuracy = score_accuracy(
-        [(ref, preds, [(pi, gi) for pi, gi in enumerate(m) if gi is not None]) for ref, preds, m in samples], judge
+        [(ref, preds, [(pi, gi) for pi, gi in enumerate(m) if gi is not None]) for ref, preds, m in samples],
+        judge,
     )
     scores, excluded, judge_failures, parse_failures, per_sample = [], 0, 0, 0, []
     for (ref, preds, matched), acc in zip(samples, accuracy):
@@ -365,7 +375,13 @@ def compute_streampro_f1(
         score = _f1_from_accuracy(ref, preds, matched, acc)
         scores.append(score)
         per_sample.append(
-            {"id": ref.id, "task": ref.task, "precision": score.precision, "recall": score.recall, "f1": score.f1}
+            {
+                "id": ref.id,
+                "task": ref.task,
+                "precision": score.precision,
+                "recall": score.recall,
+                "f1": score.f1,
+            }
         )
     result = aggregate(scores)
     result.update(

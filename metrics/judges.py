@@ -276,7 +276,8 @@ class _ScoreCache:
 
     def put(self, key: str, score: int, model: str):
         self._db.execute(
-            "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)", (key, score, model, PROMPT_VERSION, time.time())
+            "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)",
+            (key, score, model, PROMPT_VERSION, time.time()),
         )
 
     def commit(self):
@@ -311,7 +312,9 @@ class LLMJudge(Judge):
         show_progress: bool = True,
     ):
         if not base_url or not model:
-            raise ValueError("the 'llm' judge needs a base_url (e.g. http://localhost:8000/v1) and a model name")
+            raise ValueError(
+                "the 'llm' judge needs a base_url (e.g. http://localhost:8000/v1) and a model name"
+            )
         if max_concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise ValueError("max_concurrency must be >= 1, max_retries >= 0 and timeout > 0")
         self.base_url = base_url.rstrip("/")
@@ -354,17 +357,24 @@ class LLMJudge(Judge):
             todo = {k: r for k, r in zip(keys, requests) if k not in scores}
             if todo:
                 logger.info(
-                    "LLM judge %s: %d cached, %d to request", self.model, len(set(keys)) - len(todo), len(todo)
+                    "LLM judge %s: %d cached, %d to request",
+                    self.model,
+                    len(set(keys)) - len(todo),
+                    len(todo),
                 )
                 headers = {"Content-Type": "application/json"}
                 api_key = os.environ.get(self.api_key_env)
                 if api_key:
                     headers["Authorization"] = f"Bearer {api_key}"
-                limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+                limits = httpx.Limits(
+                    max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
+                )
                 with (
                     httpx.Client(headers=headers, timeout=self.timeout, limits=limits) as client,
                     ThreadPoolExecutor(self.max_concurrency) as pool,
-                    tqdm(total=len(todo), desc="LLM judge", disable=not self.show_progress or len(todo) < 2) as bar,
+                    tqdm(
+                        total=len(todo), desc="LLM judge", disable=not self.show_progress or len(todo) < 2
+                    ) as bar,
                 ):
                     futures = {pool.submit(self._score_one, client, r): k for k, r in todo.items()}
                     for n, future in enumerate(as_completed(futures), 1):

@@ -58,10 +58,18 @@ def plot_timeline(ref: Reference, preds: list[Prediction], score: SampleScore | 
     fig, ax = plt.subplots(figsize=(9, 1.2 + 0.45 * (n + 1)))
     for gi, g in enumerate(ref.items):
         y = n - gi
-        ax.barh(y, g.end + spec.after - (g.start - spec.before), left=g.start - spec.before, height=0.6,
-                color="tab:blue", alpha=0.18)
+        ax.barh(
+            y,
+            g.end + spec.after - (g.start - spec.before),
+            left=g.start - spec.before,
+            height=0.6,
+            color="tab:blue",
+            alpha=0.18,
+        )
         if g.segment is not None:  # TG: the ground-truth segment, t* at its end
-            ax.barh(y, g.segment[1] - g.segment[0], left=g.segment[0], height=0.25, color="tab:gray", alpha=0.6)
+            ax.barh(
+                y, g.segment[1] - g.segment[0], left=g.segment[0], height=0.25, color="tab:gray", alpha=0.6
+            )
         if g.end > g.start:
             ax.barh(y, g.end - g.start, left=g.start, height=0.6, color="tab:blue", alpha=0.55)
         else:

@@ -162,5 +162,7 @@ def validate_prediction_record(obj) -> tuple[str, list[Prediction]]:
         raise FormatError(f"a prediction record must be a JSON object, got {type(obj).__name__}")
     for field in ("id", "predictions"):
         if field not in obj:
-            raise FormatError(f"prediction record is missing field '{field}'; write {{\"id\", \"predictions\"}}")
+            raise FormatError(
+                f'prediction record is missing field \'{field}\'; write {{"id", "predictions"}}'
+            )
     return _sample_id(obj["id"]), validate_predictions(obj["predictions"])

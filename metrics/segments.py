@@ -27,7 +27,9 @@ _JOIN = r"(?:-|–|—|~|to|until|till|and|through)"
 _RANGE_RE = re.compile(
     rf"(?<![\w.:])(?P<a>{_TIME})\s*(?:{_UNIT})?\s*{_JOIN}\s*(?P<b>{_TIME})(?!\d|[.:]\d)", re.IGNORECASE
 )
-_BRACKET_RE = re.compile(rf"[\[(]\s*(?P<a>{_TIME})\s*(?:{_UNIT})?\s*,\s*(?P<b>{_TIME})\s*(?:{_UNIT})?\s*[\])]")
+_BRACKET_RE = re.compile(
+    rf"[\[(]\s*(?P<a>{_TIME})\s*(?:{_UNIT})?\s*,\s*(?P<b>{_TIME})\s*(?:{_UNIT})?\s*[\])]"
+)
 _START_END_RE = re.compile(
     rf"\bstart\w*\W{{0,20}}?(?P<a>{_TIME}).*?\bend\w*\W{{0,20}}?(?P<b>{_TIME})", re.IGNORECASE | re.DOTALL
 )

@@ -7,18 +7,41 @@ import json
 from pathlib import Path
 
 import pytest
-
-from streampro.cli import COMMANDS
 from streampro.metrics import cli as score_cli
 
+from streampro.cli import COMMANDS
+
 REFS = [
-    {"id": "a", "task": "EU", "question": "Describe the steps.", "question_time": 0, "video": "v.mp4",
-     "duration": 60, "answers": [{"text": "cut the onion", "start": 5, "end": 10},
-                                 {"text": "fry the onion", "start": 20, "end": 30}]},
-    {"id": "b", "task": "TG", "question": "When does the man jump?", "question_time": 0, "video": "v.mp4",
-     "duration": 60, "answers": [{"text": "12-18", "start": 12, "end": 18}]},
-    {"id": "c", "task": "RF", "question": "Warn me.", "question_time": 0, "video": "v.mp4", "duration": 60,
-     "answers": [{"text": "stairs ahead, slow down", "time": 10}]},
+    {
+        "id": "a",
+        "task": "EU",
+        "question": "Describe the steps.",
+        "question_time": 0,
+        "video": "v.mp4",
+        "duration": 60,
+        "answers": [
+            {"text": "cut the onion", "start": 5, "end": 10},
+            {"text": "fry the onion", "start": 20, "end": 30},
+        ],
+    },
+    {
+        "id": "b",
+        "task": "TG",
+        "question": "When does the man jump?",
+        "question_time": 0,
+        "video": "v.mp4",
+        "duration": 60,
+        "answers": [{"text": "12-18", "start": 12, "end": 18}],
+    },
+    {
+        "id": "c",
+        "task": "RF",
+        "question": "Warn me.",
+        "question_time": 0,
+        "video": "v.mp4",
+        "duration": 60,
+        "answers": [{"text": "stairs ahead, slow down", "time": 10}],
+    },
 ]
 PREDS = [
     {"id": "c", "predictions": [{"time": 9, "text": "stairs ahead, slow down"}]},  # any order of lines
@@ -47,8 +70,21 @@ def test_score_table_report_and_plots(tmp_path, capsys):
     refs = write_jsonl(tmp_path / "refs.jsonl", REFS)
     preds = write_jsonl(tmp_path / "preds.jsonl", PREDS)
     out, plots = tmp_path / "out" / "report.json", tmp_path / "plots"
-    assert score("--predictions", preds, "--references", refs, "--out", out, "--plot", plots,
-                 "--plot-samples", "b,c") == 0
+    assert (
+        score(
+            "--predictions",
+            preds,
+            "--references",
+            refs,
+            "--out",
+            out,
+            "--plot",
+            plots,
+            "--plot-samples",
+            "b,c",
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     report = json.loads(out.read_text())
     results = report["results"]
@@ -69,7 +105,10 @@ def test_score_table_report_and_plots(tmp_path, capsys):
 def test_plot_first_n(tmp_path):
     refs = write_jsonl(tmp_path / "refs.jsonl", REFS)
     preds = write_jsonl(tmp_path / "preds.jsonl", PREDS)
-    assert score("--predictions", preds, "--references", refs, "--plot", tmp_path / "p", "--plot-first", "1") == 0
+    assert (
+        score("--predictions", preds, "--references", refs, "--plot", tmp_path / "p", "--plot-first", "1")
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["task_f1.png", "timeline_a.png"]
 
 
@@ -107,5 +146,10 @@ def test_missing_file_and_llm_options(tmp_path, capsys):
     preds = write_jsonl(tmp_path / "preds.jsonl", PREDS)
     assert score("--predictions", preds, "--references", refs, "--judge", "llm") == 2
     assert "--judge-base-url" in capsys.readouterr().err
-    assert score("--predictions", preds, "--references", refs, "--plot", tmp_path / "p", "--plot-samples", "nope") == 2
+    assert (
+        score(
+            "--predictions", preds, "--references", refs, "--plot", tmp_path / "p", "--plot-samples", "nope"
+        )
+        == 2
+    )
     assert "--plot-samples" in capsys.readouterr().err

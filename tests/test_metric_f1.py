@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from streampro.metrics import (
     FormatError,
     Judge,
@@ -34,7 +33,10 @@ class TableJudge(Judge):
 
     def score_batch(self, requests):
         self.requests.extend(requests)
-        return [JudgeFailure("scripted failure") if r.prediction == "FAIL" else float(r.prediction) for r in requests]
+        return [
+            JudgeFailure("scripted failure") if r.prediction == "FAIL" else float(r.prediction)
+            for r in requests
+        ]
 
 
 def ref(task, *answers, sample_id="s"):
@@ -45,8 +47,15 @@ def ref(task, *answers, sample_id="s"):
             items.append({"text": f"gt{i}", "start": a[0], "end": a[1]})
         else:
             items.append({"text": f"gt{i}", "time": a})
-    return {"id": sample_id, "task": task, "question": "q?", "question_time": 0.0, "video": "v.mp4",
-            "duration": 120.0, "answers": items}
+    return {
+        "id": sample_id,
+        "task": task,
+        "question": "q?",
+        "question_time": 0.0,
+        "video": "v.mp4",
+        "duration": 120.0,
+        "answers": items,
+    }
 
 
 def preds(*pairs):
@@ -225,7 +234,9 @@ def test_aggregation_avg_vs_w_avg():
 
 
 def test_avg_is_the_mean_of_the_dimensions_present():
-    out = compute_streampro_f1([preds((10.0, 1.0)), []], [ref("OU", 10.0), ref("GP", 10.0)], judge=TableJudge())
+    out = compute_streampro_f1(
+        [preds((10.0, 1.0)), []], [ref("OU", 10.0), ref("GP", 10.0)], judge=TableJudge()
+    )
     assert "TR_f1" not in out
     assert out["avg_f1"] == pytest.approx((100 + 0) / 2)
 
@@ -303,7 +314,9 @@ def test_turn_reward_interval_window_and_delta():
 
 
 def test_turn_reward_tau_and_failures():
-    assert turn_level_reward(preds((12.0, 1.0)), ref("OU", 10.0), TableJudge(), tau=3) == pytest.approx(1 + 1 / 3)
+    assert turn_level_reward(preds((12.0, 1.0)), ref("OU", 10.0), TableJudge(), tau=3) == pytest.approx(
+        1 + 1 / 3
+    )
     with pytest.raises(JudgeError):
         turn_level_reward([{"time": 10.0, "text": "FAIL"}], ref("OU", 10.0), TableJudge())
 
@@ -376,4 +389,6 @@ def test_validate_reference_missing_field_and_bad_prediction():
     with pytest.raises(FormatError, match=r"predictions\[0\].time"):
         streampro_f1_sample([{"time": math.nan, "text": "x"}], ref("OU", 1.0), TableJudge())
     with pytest.raises(FormatError, match="sample 1"):
-        compute_streampro_f1([[], [{"time": -2, "text": "x"}]], [ref("OU", 1.0), ref("OU", 1.0)], TableJudge())
+        compute_streampro_f1(
+            [[], [{"time": -2, "text": "x"}]], [ref("OU", 1.0), ref("OU", 1.0)], TableJudge()
+        )

@@ -13,11 +13,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from streampro.metrics import JudgeFailure, JudgeRequest, LLMJudge, compute_streampro_f1, make_judge
 from streampro.metrics.judges import PROMPT_VERSION, parse_judge_output, token_f1
 
-REQ = JudgeRequest(question="What did the man open?", prediction="He opened the fridge.", reference="The fridge")
+REQ = JudgeRequest(
+    question="What did the man open?", prediction="He opened the fridge.", reference="The fridge"
+)
 
 
 def chat_reply(content: str) -> dict:
@@ -89,7 +90,13 @@ class FakeOpenAI:
 
 
 def llm(server, tmp_path, **kw):
-    options = dict(cache_path=tmp_path / "cache.sqlite", timeout=5.0, max_retries=3, backoff=0.01, show_progress=False)
+    options = {
+        "cache_path": tmp_path / "cache.sqlite",
+        "timeout": 5.0,
+        "max_retries": 3,
+        "backoff": 0.01,  # seconds: keeps retry tests fast
+        "show_progress": False,
+    }
     options.update(kw)
     return LLMJudge(server.base_url, "judge-model", **options)
 
@@ -111,7 +118,9 @@ def test_lexical_token_f1_and_rouge():
     assert token_f1("The cat sat.", "a cat sat") == 1.0
     assert token_f1("cat sat on mat", "cat sat") == pytest.approx(2 * 0.5 * 1 / 1.5)
     assert token_f1("dog", "cat") == 0.0
-    (score,) = make_judge("lexical", method="rougeL").score_batch([JudgeRequest("q", "cat sat on mat", "cat sat")])
+    (score,) = make_judge("lexical", method="rougeL").score_batch(
+        [JudgeRequest("q", "cat sat on mat", "cat sat")]
+    )
     assert score == pytest.approx(2 * 0.5 * 1 / 1.5)
     with pytest.raises(ValueError, match="token_f1"):
         make_judge("lexical", method="bleu")
@@ -188,14 +197,14 @@ def test_llm_malformed_output_is_a_failure_after_one_retry(tmp_path):
 
 
 def test_llm_malformed_then_good(tmp_path):
-    script = lambda n, body: (200, chat_reply("oops") if n == 0 else GOOD, 0)  # noqa: E731
+    script = lambda n, body: (200, chat_reply("oops") if n == 0 else GOOD, 0)
     with FakeOpenAI(script) as server:
         assert llm(server, tmp_path).score_batch([REQ]) == [0.8]
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])
 def test_llm_retries_429_and_5xx(tmp_path, status):
-    script = lambda n, body: ((status, {"error": "busy"}, 0) if n < 2 else (200, GOOD, 0))  # noqa: E731
+    script = lambda n, body: (status, {"error": "busy"}, 0) if n < 2 else (200, GOOD, 0)
     with FakeOpenAI(script) as server:
         assert llm(server, tmp_path).score_batch([REQ]) == [0.8]
     assert server.calls == 3
@@ -216,7 +225,7 @@ def test_llm_4xx_is_not_retried(tmp_path):
 
 
 def test_llm_timeout_then_success_and_persistent_timeout(tmp_path):
-    script = lambda n, body: (200, GOOD, 1.0 if n == 0 else 0)  # noqa: E731
+    script = lambda n, body: (200, GOOD, 1.0 if n == 0 else 0)
     with FakeOpenAI(script) as server:
         assert llm(server, tmp_path, timeout=0.2).score_batch([REQ]) == [0.8]
     with FakeOpenAI(lambda n, body: (200, GOOD, 1.0)) as server:
@@ -234,9 +243,9 @@ def test_llm_cache_makes_the_second_run_free(tmp_path):
         assert again.score_batch(reqs) == first == [0.8, 0.8, 0.8]
         assert server.calls == 2 and again.calls_made == 0
         # Another model is another cache key.
-        LLMJudge(server.base_url, "other-model", cache_path=tmp_path / "cache.sqlite", show_progress=False).score_batch(
-            [REQ]
-        )
+        LLMJudge(
+            server.base_url, "other-model", cache_path=tmp_path / "cache.sqlite", show_progress=False
+        ).score_batch([REQ])
         assert server.calls == 3
 
 
@@ -262,8 +271,15 @@ def test_llm_failure_in_compute_excludes_the_sample(tmp_path):
         return (500, {"error": "down"}, 0) if bad else (200, GOOD, 0)
 
     references = [
-        {"id": i, "task": "OU", "question": "q", "question_time": 0.0, "video": "v", "duration": 30.0,
-         "answers": [{"text": "door opens", "time": 10.0}]}
+        {
+            "id": i,
+            "task": "OU",
+            "question": "q",
+            "question_time": 0.0,
+            "video": "v",
+            "duration": 30.0,
+            "answers": [{"text": "door opens", "time": 10.0}],
+        }
         for i in range(2)
     ]
     predictions = [[{"time": 10.0, "text": "the door opens"}], [{"time": 10.0, "text": "WRONG"}]]

@@ -11,7 +11,6 @@ only declares the inputs and forwards to :func:`streampro.metrics.compute_stream
 
 import datasets
 import evaluate
-
 from streampro.metrics import FormatError, compute_streampro_f1, validate_reference
 
 _CITATION = """\
@@ -75,8 +74,11 @@ def _arrow_ready(reference, index):
     except FormatError as e:
         raise FormatError(f"references[{index}]: {e}") from None
     answers = [{"text": a["text"], **{k: a.get(k) for k in _ANSWER_TIMES}} for a in reference["answers"]]
-    return {**{k: reference[k] for k in ("task", "question", "question_time", "video", "duration")},
-            "id": str(reference["id"]), "answers": answers}
+    return {
+        **{k: reference[k] for k in ("task", "question", "question_time", "video", "duration")},
+        "id": str(reference["id"]),
+        "answers": answers,
+    }
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
