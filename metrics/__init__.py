@@ -15,6 +15,7 @@ from streampro.metrics.f1 import (
     compute_streampro_f1,
     streampro_f1_sample,
     turn_level_reward,
+    turn_level_rewards,
 )
 from streampro.metrics.judges import (
     JUDGES,
@@ -54,6 +55,7 @@ __all__ = [
     "streampro_f1_sample",
     "temporal_iou",
     "turn_level_reward",
+    "turn_level_rewards",
     "validate_prediction_record",
     "validate_predictions",
     "validate_reference",

@@ -299,6 +299,26 @@ def turn_level_reward(
     return _turn_from_accuracy(ref, preds, acc, tau)
 
 
+def turn_level_rewards(
+    predictions: list[list[dict]],
+    references: list[dict],
+    judge: str | Judge = "lexical",
+    tau: float = TURN_TAU,
+) -> list[float | None]:
+    """R_turn for many trajectories with ONE judge batch (what a GRPO step needs: G rollouts of
+    B samples). ``None`` where the judge failed on a pair — GRPO's "not applicable", never 0."""
+    if len(predictions) != len(references):
+        raise ValueError(f"got {len(predictions)} trajectories for {len(references)} references")
+    parsed = [_parse_inputs(p, r) for p, r in zip(predictions, references)]
+    accuracy = score_accuracy(
+        [(ref, preds, turn_candidates(ref, preds, tau)) for ref, preds in parsed], judge
+    )
+    return [
+        None if acc.failures() else _turn_from_accuracy(ref, preds, acc, tau)
+        for (ref, preds), acc in zip(parsed, accuracy)
+    ]
+
+
 # --- the benchmark --------------------------------------------------------------------------
 
 

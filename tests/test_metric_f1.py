@@ -19,6 +19,7 @@ from streampro.metrics import (
     streampro_f1_sample,
     temporal_iou,
     turn_level_reward,
+    turn_level_rewards,
     validate_reference,
 )
 
@@ -319,6 +320,26 @@ def test_turn_reward_tau_and_failures():
     )
     with pytest.raises(JudgeError):
         turn_level_reward([{"time": 10.0, "text": "FAIL"}], ref("OU", 10.0), TableJudge())
+
+
+def test_turn_rewards_batched_with_one_judge_call():
+    calls = []
+
+    class CountingJudge(TableJudge):
+        def score_batch(self, requests):
+            calls.append(len(requests))
+            return super().score_batch(requests)
+
+    trajectories = [preds((12.0, 1.0)), [{"time": 10.0, "text": "FAIL"}], [], preds((4.0, 1.0))]
+    references = [ref("OU", 10.0), ref("OU", 10.0), ref("OU", 10.0), ref("GP", 10.0)]
+    rewards = turn_level_rewards(trajectories, references, CountingJudge())
+    assert rewards[0] == pytest.approx(1.75)
+    assert rewards[1] is None  # judge failed: not applicable, not 0
+    assert rewards[2] == 0.0  # silent trajectory: 2 * 0 / (0 + 1)
+    assert rewards[3] == pytest.approx(1.25)
+    assert calls == [2]  # one batch; the identical requests of trajectories 0 and 3 sent once
+    # Same numbers as the one-at-a-time function.
+    assert rewards[3] == turn_level_reward(trajectories[3], references[3], TableJudge())
 
 
 def test_turn_reward_tg_uses_iou():
