@@ -241,6 +241,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     per_sample = results.pop("per_sample")
+    if results["num_samples"] == 0:
+        print(f"error: no sample could be scored: the judge failed on all {len(per_sample)}", file=sys.stderr)
+        return 1
     print(format_table(results, per_sample))
     if args.out:
         report = {

@@ -327,8 +327,9 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def aggregate(scores: list[SampleScore]) -> dict[str, float]:
-    """D8: per-task Time / Acc / P / R / F1, dimension F1, Avg and W-Avg, all ×100."""
+def aggregate(scores: list[SampleScore]) -> dict[str, float | None]:
+    """D8: per-task Time / Acc / P / R / F1, dimension F1, Avg and W-Avg, all ×100
+    (Avg and W-Avg are ``None`` when no sample could be scored)."""
     by_task: dict[str, list[SampleScore]] = defaultdict(list)
     for s in scores:
         by_task[s.task].append(s)
@@ -348,8 +349,9 @@ def aggregate(scores: list[SampleScore]) -> dict[str, float]:
         if f1s:
             out[f"{dim}_f1"] = 100 * _mean(f1s)
             dims.append(out[f"{dim}_f1"])
-    out["avg_f1"] = _mean(dims)
-    out["w_avg_f1"] = 100 * _mean(s.f1 for s in scores)
+    # No scored sample (all excluded by judge failures): there is no score, not a score of 0.
+    out["avg_f1"] = _mean(dims) if scores else None
+    out["w_avg_f1"] = 100 * _mean(s.f1 for s in scores) if scores else None
     return out
 
 

@@ -153,3 +153,59 @@ def test_missing_file_and_llm_options(tmp_path, capsys):
         == 2
     )
     assert "--plot-samples" in capsys.readouterr().err
+
+
+def test_llm_judge_end_to_end_with_cache(tmp_path, capsys):
+    """--judge llm against a loopback OpenAI-compatible server; the second run is served from
+    the cache (the server is gone by then, so any call would fail the run)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    calls = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            calls.append(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["model"])
+            data = json.dumps({"choices": [{"message": {"content": '{"explanation": "ok", "score": 5}'}}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    refs = write_jsonl(tmp_path / "refs.jsonl", REFS)
+    preds = write_jsonl(tmp_path / "preds.jsonl", PREDS)
+    argv = [
+        "--predictions",
+        preds,
+        "--references",
+        refs,
+        "--judge",
+        "llm",
+        "--judge-base-url",
+        base_url,
+        "--judge-model",
+        "grader",
+        "--judge-cache",
+        tmp_path / "cache.sqlite",
+        "--out",
+        tmp_path / "r.json",
+    ]
+    try:
+        assert score(*argv, "--plot", tmp_path / "plots") == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    first = json.loads((tmp_path / "r.json").read_text())
+    # EU "cut the onion" and RF: 2 matched pairs judged (TG uses IoU); plotting re-uses the cache.
+    assert calls == ["grader", "grader"]
+    assert first["results"]["RF_f1"] == pytest.approx(50.0)  # S_acc 5/5, S_time 0.5
+    assert first["judge"]["model"] == "grader"
+    assert score(*argv) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["results"] == first["results"]

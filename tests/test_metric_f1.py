@@ -251,6 +251,9 @@ def test_judge_failure_excludes_the_sample_or_stops():
     assert out["per_sample"][1] == {"id": "bad", "task": "OU", "excluded": "scripted failure"}
     with pytest.raises(JudgeError, match="bad"):
         compute_streampro_f1(predictions, references, judge=TableJudge(), on_judge_failure="stop")
+    # Nothing scored: no number at all rather than a 0.
+    out = compute_streampro_f1(predictions[1:], references[1:], judge=TableJudge())
+    assert (out["num_samples"], out["avg_f1"], out["w_avg_f1"]) == (0, None, None)
 
 
 def test_compute_batches_the_judge_once_and_counts_parse_failures():
