@@ -378,27 +378,33 @@ class LLMJudge(Judge):
                 ):
                     futures = {pool.submit(self._score_one, client, r): k for k, r in todo.items()}
                     failed = 0
-                    for n, future in enumerate(as_completed(futures), 1):
-                        key, result = futures[future], future.result()
-                        scores[key] = result
-                        if isinstance(result, JudgeFailure):
-                            failed += 1
-                            # The first reason in full, the rest only at DEBUG: one broken
-                            # endpoint must not print thousands of identical lines.
-                            logger.log(
-                                logging.WARNING if failed == 1 else logging.DEBUG,
-                                "LLM judge failure: %s",
-                                result.reason,
-                            )
-                        else:
-                            cache.put(key, result, self.model)
-                        if n % 32 == 0:  # commit as we go: an interrupted run keeps its finished work
-                            cache.commit()
-                        bar.update()
+                    try:
+                        for n, future in enumerate(as_completed(futures), 1):
+                            key, result = futures[future], future.result()
+                            scores[key] = result
+                            if isinstance(result, JudgeFailure):
+                                failed += 1
+                                # The first reason in full, the rest only at DEBUG: one broken
+                                # endpoint must not print thousands of identical lines.
+                                logger.log(
+                                    logging.WARNING if failed == 1 else logging.DEBUG,
+                                    "LLM judge failure: %s",
+                                    result.reason,
+                                )
+                            else:
+                                cache.put(key, result, self.model)
+                            if n % 32 == 0:  # commit as we go: an interrupted run keeps its finished work
+                                cache.commit()
+                            bar.update()
+                    except BaseException:
+                        # Ctrl-C or a crash: drop the queued requests instead of waiting for
+                        # them; what finished is committed below.
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        raise
                 if failed:
                     logger.warning("LLM judge: %d of %d requests failed", failed, len(todo))
-            cache.commit()
         finally:
+            cache.commit()
             cache.close()
         return [s if isinstance(s, JudgeFailure) else s / 5 for s in (scores[k] for k in keys)]
 
