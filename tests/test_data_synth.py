@@ -1,0 +1,165 @@
+"""StreamPro-Synth: determinism, splits, card, and ground truth checked against the decoded frames."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streampro.dataset_scripts import load_record_frames
+from streampro.dataset_scripts.synth import (
+    BACKGROUND,
+    COLORS,
+    FIRE_OUTER,
+    TASKS,
+    generate,
+    make_clip,
+    per_task_counts,
+    split_counts,
+)
+from streampro.modeling_streampro.processing_streampro import turn_index_for_time
+
+# 2 clips per task, all in train (fewer than 3 per task leave no held-out clip): seconds to build.
+N_SMALL = 14
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, n=N_SMALL, seed=3, progress=False)
+    return out
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_identical_files(synth_dir, tmp_path):
+    generate(tmp_path / "again", n=N_SMALL, seed=3, progress=False)
+    first, second = _files(synth_dir), _files(tmp_path / "again")
+    assert sorted(first) == sorted(second)
+    differing = [name for name in first if first[name] != second[name]]
+    assert differing == []
+    generate(tmp_path / "other", n=N_SMALL, seed=4, progress=False)
+    other = _files(tmp_path / "other")
+    assert other["raw/train.jsonl"] != first["raw/train.jsonl"]
+
+
+def test_clips_depend_only_on_seed_task_and_index():
+    a, b = make_clip("TG", 5, seed=1), make_clip("TG", 5, seed=1)
+    assert (a.question, a.answers, a.duration) == (b.question, b.answers, b.duration)
+    assert all(np.array_equal(a.render(t), b.render(t)) for t in (0.0, 3.0, 7.5))
+
+
+def test_splits_are_80_10_10_per_task():
+    assert split_counts(20) == {"train": 16, "validation": 2, "test": 2}
+    assert split_counts(2) == {"train": 2, "validation": 0, "test": 0}
+    assert per_task_counts(16) == {"EU": 3, "OU": 3, "AA": 2, "TP": 2, "TG": 2, "GP": 2, "RF": 2}
+
+
+def test_layout_card_and_load_dataset(synth_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets
+
+    raw = [json.loads(line) for line in (synth_dir / "raw" / "train.jsonl").read_text().splitlines()]
+    assert sorted({s["task"] for s in raw}) == sorted(TASKS) and len(raw) == N_SMALL
+    for s in raw:
+        assert (synth_dir / s["video"]).is_file()
+        assert 12 <= s["duration"] <= 24
+    sft = datasets.load_dataset(str(synth_dir), "sft", split="train", cache_dir=str(tmp_path / "c"))
+    bench = datasets.load_dataset(str(synth_dir), "bench", split="train", cache_dir=str(tmp_path / "c"))
+    rl = datasets.load_dataset(str(synth_dir), "rl", split="train", cache_dir=str(tmp_path / "c"))
+    assert len(sft) == len(bench) == len(rl) == N_SMALL
+    assert all(r["rubric"] is None for r in rl)
+    card = (synth_dir / "README.md").read_text()
+    for needle in ("config_name: sft", "Class balance", "How t* is computed", "License"):
+        assert needle in card
+
+
+def _pixel(frame, x, y):
+    return np.asarray(frame, np.int32)[round(y), round(x)]
+
+
+def _close(a, b, tol=40):
+    return bool(np.all(np.abs(np.asarray(a, np.int32) - np.asarray(b, np.int32)) <= tol))
+
+
+def test_ground_truth_matches_decoded_frames(synth_dir):
+    """Decode each video with streampro.video and check the labelled change is where the label says."""
+    records = {r["id"]: r for r in map(json.loads, (synth_dir / "sft" / "train.jsonl").read_text().splitlines())}
+    raw = {s["id"]: s for s in map(json.loads, (synth_dir / "raw" / "train.jsonl").read_text().splitlines())}
+    for sid, sample in raw.items():
+        record, meta, task = records[sid], sample["meta"], sample["task"]
+        frames = load_record_frames(record, synth_dir)
+        assert len(frames) == record["num_turns"]
+        # The response turns are exactly the turns of t* (METHOD §2 per task).
+        t_stars = sorted(a["time"] if "time" in a else a["end"] for a in sample["answers"])
+        assert [r["turn"] for r in record["responses"]] == [turn_index_for_time(t) for t in t_stars]
+        # Every decoded frame is the rendered scene at the turn's time (k + 1 s), up to compression.
+        clip = make_clip(task, meta["index"], meta["seed"])
+        for k, frame in enumerate(frames):
+            diff = np.abs(np.asarray(frame, np.int32) - clip.render(k + 1.0).astype(np.int32)).mean()
+            assert diff < 4, (sid, k, diff)
+        t = int(t_stars[0])
+        before, at = frames[turn_index_for_time(t) - 1], frames[turn_index_for_time(t)]
+        if task == "OU":
+            expect_before = COLORS[meta["before"]] if meta["variant"] == "change" else BACKGROUND
+            expect_at = COLORS[meta["after"]] if meta["variant"] == "change" else COLORS[meta["before"]]
+            assert _close(_pixel(before, meta["x"], meta["y"]), expect_before), sid
+            assert _close(_pixel(at, meta["x"], meta["y"]), expect_at), sid
+        elif task == "AA" and meta["variant"] == "fire":
+            def fire(f):
+                return int(np.all(np.abs(np.asarray(f, np.int32) - FIRE_OUTER) <= 40, axis=-1).sum())
+
+            assert fire(before) == 0 and fire(at) > 100, sid
+        elif task == "TG":
+            s, e = sample["answers"][0]["start"], sample["answers"][0]["end"]
+            visible = [_close(_pixel(f, meta["x"], meta["y"]), COLORS[meta["color"]]) for f in frames]
+            assert [k for k, v in enumerate(visible) if v] == list(range(int(s) - 1, int(e) - 1)), sid
+        elif task == "RF":
+            def ball_x(f):
+                white = np.all(np.asarray(f, np.int32) >= 200, axis=-1)
+                return np.nonzero(white)[1].mean()
+
+            x_warn, x_hit = ball_x(at), ball_x(frames[turn_index_for_time(meta["impact_time"])])
+            # Constant speed: at the warning time the ball is 3 s of travel away from the impact point.
+            assert x_hit - x_warn == pytest.approx(3 * meta["speed_px_s"], abs=1.5), sid
+        elif task == "GP":
+            # Block 0 is at rest (its final place shows its colour) first on the turn of t*.
+            size, bh = frames[0].size[0], frames[0].size[0] * 0.12
+            y_rest = (size - 4) - bh + bh / 2
+            color = COLORS[meta["colors"][0]]
+            assert not _close(_pixel(before, size / 2, y_rest), color) and _close(_pixel(at, size / 2, y_rest), color)
+        elif task in ("EU", "TP"):
+            # The event is still in progress one turn before t* and over at t*: the scene stops changing.
+            nxt = frames[turn_index_for_time(t) + 1]
+            assert np.abs(np.asarray(at, np.int32) - np.asarray(before, np.int32)).mean() > 0.5, sid
+            assert np.abs(np.asarray(at, np.int32) - np.asarray(nxt, np.int32)).mean() < 0.5, sid
+
+
+def test_frame_cache_returns_the_same_frames(synth_dir, tmp_path):
+    record = json.loads((synth_dir / "sft" / "train.jsonl").read_text().splitlines()[0])
+    fresh = load_record_frames(record, synth_dir, cache_dir=tmp_path / "cache", max_pixels=56 * 56)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    cached = load_record_frames(record, synth_dir, cache_dir=tmp_path / "cache", max_pixels=56 * 56)
+    assert [f.size for f in fresh] == [(56, 56)] * record["num_turns"]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(fresh, cached))
+
+
+def test_frames_errors_name_the_record(synth_dir):
+    from streampro.video import VideoReadError
+
+    record = json.loads((synth_dir / "sft" / "train.jsonl").read_text().splitlines()[0])
+    with pytest.raises(VideoReadError, match="not found; pass the dataset folder"):
+        load_record_frames(record, synth_dir / "nowhere")
+    too_long = dict(record, num_turns=record["num_turns"] + 5, duration=record["duration"] + 5)
+    with pytest.raises(VideoReadError, match="rebuild the record"):
+        load_record_frames(too_long, synth_dir)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="--size"):
+        generate("/tmp/unused-synth", n=7, size=113)
+    with pytest.raises(ValueError, match="--n"):
+        generate("/tmp/unused-synth", n=0)
