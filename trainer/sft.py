@@ -1,0 +1,149 @@
+"""Stage one of StreamPro training: SFT on streaming conversations with the CB-Stream loss.
+
+Run (tiny CPU recipe on StreamPro-Synth; make the data first with ``streampro data synth --out data/synth``)::
+
+    streampro train sft --config recipes/sft/tiny_synth_cpu.yaml
+    # same thing without the console command, any field overridable on the command line:
+    python trainer/sft.py --config recipes/sft/tiny_synth_cpu.yaml --loss_type ce --output_dir runs/tiny-ce
+
+Paper setups (GPU; see docs/training.md for multi-GPU launch commands)::
+
+    accelerate launch --config_file recipes/accelerate/deepspeed_zero3.yaml trainer/sft.py \\
+        --config recipes/sft/qwen2_5_vl_3b.yaml
+
+Fields come from three dataclasses: :class:`~streampro.trainer.sft_config.SFTScriptArguments`
+(model and data), :class:`~streampro.trainer.sft_config.StreamProSFTConfig` (optimisation and
+loss) and TRL's ``ModelConfig`` (``dtype`` and the LoRA options ``use_peft``, ``lora_r``, ...).
+The final model is saved to ``output_dir`` with its processor and remote code, loadable with
+``trust_remote_code=True`` (a LoRA run is merged first).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+# LLM linear layers LoRA adapts when `lora_target_modules` is not given (Qwen2.5-VL / Qwen3-VL names).
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def load_model(name: str, tiny_seed: int = 0, dtype: str | None = None):
+    """(model, processor) from a StreamPro checkpoint directory or ``tiny:<backbone>``."""
+    import torch
+
+    if name.startswith("tiny:"):
+        from streampro.backbones import BACKBONES, build_tiny_backbone
+
+        backbone = name.removeprefix("tiny:")
+        if backbone not in BACKBONES:
+            raise ValueError(f"model {name!r}: unknown tiny backbone; use one of {[f'tiny:{b}' for b in BACKBONES]}")
+        tb = build_tiny_backbone(backbone, seed=tiny_seed, streampro=True)
+        return tb.model, tb.processor
+    from streampro.loading import load_model_and_processor
+
+    torch_dtype = None if dtype in (None, "auto") else getattr(torch, dtype)
+    return load_model_and_processor(name, device="cpu", dtype=torch_dtype or torch.float32)
+
+
+def lora_config(model_args, processor):
+    """LoRA on the language model's linear layers only, decision-token embedding rows trainable.
+
+    The regex keeps adapters off the vision tower (whose blocks also have q/k/v-like names);
+    ``trainable_token_indices`` trains just the ``</Silence>`` / ``</Response>`` rows of the
+    input embeddings (peft's TrainableTokens), not the whole vocabulary.
+    """
+    from peft import LoraConfig
+
+    names = model_args.lora_target_modules or list(DEFAULT_LORA_TARGETS)
+    if model_args.lora_modules_to_save:
+        raise ValueError(
+            "lora_modules_to_save is not supported: TRL's fused LM head reads lm_head.weight directly, so a saved "
+            "copy would not be trained; decision-token embeddings are trained through trainable_token_indices"
+        )
+    return LoraConfig(
+        task_type=model_args.lora_task_type,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+        bias="none",
+        target_modules=rf"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.({'|'.join(names)})",
+        trainable_token_indices={"embed_tokens": [processor.silence_token_id, processor.response_token_id]},
+    )
+
+
+def load_records(path: str, limit: int | None = None):
+    """SFT records JSONL → a ``datasets.Dataset`` (clear errors for a missing or empty file)."""
+    from pathlib import Path
+
+    from datasets import Dataset
+
+    from streampro.dataset_scripts.schema import iter_jsonl
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"SFT records file {path} does not exist (make one with `streampro data build sft`)")
+    rows = [row for _, row in iter_jsonl(path)]
+    if not rows:
+        raise ValueError(f"SFT records file {path} holds no records")
+    return Dataset.from_list(rows[:limit] if limit is not None else rows)
+
+
+def build_trainer(script_args, training_args, model_args):
+    """Model, data, collator and :class:`StreamProSFTTrainer` from parsed arguments."""
+    from streampro.dataset_scripts.collator import StreamingSFTCollator
+    from streampro.trainer.sft_trainer import StreamProSFTTrainer
+
+    model, processor = load_model(script_args.model, script_args.tiny_seed, model_args.dtype)
+    model.train()
+    collator = StreamingSFTCollator(
+        processor,
+        frames_root=script_args.frames_root,
+        frame_cache_dir=script_args.frame_cache_dir,
+        max_pixels=script_args.max_pixels,
+    )
+    train = load_records(script_args.train_file, script_args.max_train_samples)
+    evals = load_records(script_args.eval_file) if script_args.eval_file else None
+    return StreamProSFTTrainer(
+        model=model,
+        args=training_args,
+        data_collator=collator,
+        train_dataset=train,
+        eval_dataset=evals,
+        processing_class=processor,
+        peft_config=lora_config(model_args, processor) if model_args.use_peft else None,
+    )
+
+
+def save_final(trainer, output_dir: str) -> None:
+    """Save a plain StreamPro checkpoint (LoRA merged) plus processor and remote code."""
+    from peft import PeftModel
+
+    model = trainer.model
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    if trainer.accelerator.is_main_process:
+        trainer.accelerator.unwrap_model(model).save_pretrained(output_dir)
+        trainer.processing_class.save_pretrained(output_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trl import ModelConfig, TrlParser
+
+    from streampro.trainer.sft_config import SFTScriptArguments, StreamProSFTConfig
+
+    parser = TrlParser((SFTScriptArguments, StreamProSFTConfig, ModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    trainer = build_trainer(script_args, training_args, model_args)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    save_final(trainer, training_args.output_dir)
+    logger.info("saved the final model and processor to %s", training_args.output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

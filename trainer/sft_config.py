@@ -1,0 +1,135 @@
+"""Configuration of StreamPro SFT: the trainer config (``StreamProSFTConfig``) and the script's data/model arguments.
+
+``StreamProSFTConfig`` subclasses TRL's ``SFTConfig`` and declares only new or re-defaulted
+fields. ``SFTScriptArguments`` holds what the ``trainer/sft.py`` script needs to build the model
+and the data (TRL scripts keep these apart from the trainer config in the same way). LoRA options
+come from TRL's own ``ModelConfig`` (``use_peft``, ``lora_r``, ...). A recipe YAML may use any
+field of the three; ``TrlParser`` rejects unknown keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import SFTConfig
+
+LOSS_TYPES = ("cb_stream", "focal", "ce")
+
+
+@dataclass
+class StreamProSFTConfig(SFTConfig):
+    """``SFTConfig`` plus the streaming-decision loss options (METHOD §4).
+
+    Re-defaulted: ``learning_rate`` 1e-5 (the paper's), ``remove_unused_columns=False`` and
+    ``dataset_kwargs={"skip_prepare_dataset": True}`` (records go untouched to the streaming
+    collator, which decodes frames itself), ``max_length=None`` (streams are never truncated: a
+    cut stream would drop image features), ``logging_steps`` 1.
+    """
+
+    loss_type: str = field(
+        default="cb_stream",
+        metadata={
+            "help": "Token loss: 'cb_stream' (class-balanced decision weights from the effective number of samples, "
+            "language tokens weighted by text_weight; METHOD §4), 'focal' (Streamo's focal loss on decision tokens), "
+            "or 'ce' (plain mean cross-entropy over supervised tokens).",
+            "choices": list(LOSS_TYPES),
+        },
+    )
+    cb_beta: float = field(
+        default=0.9999,
+        metadata={"help": "β of the effective number E = (1 − β^n) / (1 − β) for CB-Stream class weights; in [0, 1)."},
+    )
+    text_weight: float = field(
+        default=2.0,
+        metadata={"help": "λ_text: CB-Stream weight of language tokens (answer text and the <|im_end|> after it)."},
+    )
+    focal_gamma: float = field(
+        default=2.0, metadata={"help": "γ of the focal loss (loss_type='focal'): weight α_c · (1 − p_t)^γ."}
+    )
+    freeze_vision: bool = field(
+        default=True,
+        metadata={
+            "help": "Freeze the vision encoder (model.model.visual) except its merger/projector, which stays "
+            "trainable with the LLM (the paper's setup)."
+        },
+    )
+    learning_rate: float = field(default=1e-5, metadata={"help": "Initial AdamW learning rate (paper: 1e-5)."})
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep every record column: the streaming collator needs video, turns and texts."},
+    )
+    dataset_kwargs: dict[str, Any] | str | None = field(
+        default_factory=lambda: {"skip_prepare_dataset": True},
+        metadata={"help": "Kept as {'skip_prepare_dataset': True}: records are tokenised by the streaming collator."},
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Must stay None: streaming conversations are not truncated (image tokens would be cut)."},
+    )
+    logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if not 0.0 <= self.cb_beta < 1.0:
+            raise ValueError(f"cb_beta must be in [0, 1) (the paper uses 0.9999), got {self.cb_beta}")
+        if self.text_weight < 0:
+            raise ValueError(f"text_weight must be >= 0 (the paper uses 2.0), got {self.text_weight}")
+        if self.focal_gamma < 0:
+            raise ValueError(f"focal_gamma must be >= 0 (Streamo uses 2.0), got {self.focal_gamma}")
+        if self.remove_unused_columns:
+            raise ValueError(
+                "remove_unused_columns must be False: the streaming collator reads the record columns "
+                "(video, questions, responses) that the model's forward does not take"
+            )
+        if not (self.dataset_kwargs or {}).get("skip_prepare_dataset", False):
+            raise ValueError(
+                "dataset_kwargs must contain skip_prepare_dataset: true; TRL's text preparation does not apply to "
+                f"streaming records (got {self.dataset_kwargs!r})"
+            )
+        if self.max_length is not None:
+            raise ValueError(
+                f"max_length must be None (got {self.max_length}): a truncated stream loses image tokens; "
+                "shorten streams with fewer turns or smaller frames (max_pixels) instead"
+            )
+        if self.packing or self.padding_free:
+            raise ValueError("packing / padding_free are not supported for streaming conversations; set them to false")
+
+
+@dataclass
+class SFTScriptArguments:
+    """Model and data arguments of ``trainer/sft.py`` (the trainer config holds the optimisation)."""
+
+    model: str = field(
+        default="tiny:qwen2_5_vl",
+        metadata={
+            "help": "A StreamPro checkpoint directory (e.g. from `streampro convert-backbone`), or "
+            "'tiny:qwen2_5_vl' / 'tiny:qwen3_vl' for a tiny randomly initialised model (CPU recipes, tests)."
+        },
+    )
+    train_file: str | None = field(
+        default=None, metadata={"help": "SFT records JSONL (from `streampro data build sft` or `streampro data synth`)."}
+    )
+    eval_file: str | None = field(default=None, metadata={"help": "Optional SFT records JSONL for evaluation."})
+    frames_root: str | None = field(
+        default=None,
+        metadata={"help": "Directory the records' relative `video` paths are relative to (Synth: its --out dir)."},
+    )
+    frame_cache_dir: str | None = field(
+        default=None, metadata={"help": "Optional directory for decoded-frame .npy caches (skips decoding next epoch)."}
+    )
+    max_pixels: int | None = field(
+        default=None, metadata={"help": "Downscale frames to at most this many pixels before the image processor."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training records (smoke runs)."}
+    )
+    tiny_seed: int = field(default=0, metadata={"help": "Weight seed of a 'tiny:' model."})
+
+    def __post_init__(self):
+        if self.train_file is None:
+            raise ValueError("train_file is required: pass --train_file RECORDS.jsonl or set it in the recipe")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"max_train_samples must be >= 1, got {self.max_train_samples}")

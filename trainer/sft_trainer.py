@@ -1,0 +1,199 @@
+"""StreamPro SFT trainer: TRL's ``SFTTrainer`` with the CB-Stream loss (METHOD §4) and its baselines.
+
+The only change to the training computation w.r.t. ``SFTTrainer`` is ``compute_loss``: per-token
+weights on TRL's fused per-token log-probabilities (``model(**inputs, fused_lm_head=True)``, no
+full-vocabulary logits), normalised exactly like ``SFTTrainer``'s own loss (by the trainer's
+``num_items_in_batch`` = supervised tokens of the global batch), so gradient accumulation and DDP
+give the same normalisation as one large batch. ``__init__`` only bridges configuration: it
+freezes the vision tower when asked, lets ``SFTTrainer`` validate its own ``loss_type`` names,
+and tells ``Trainer`` that this loss takes ``num_items_in_batch``.
+
+Pinned to trl==1.16.0 (the fused LM head outputs and ``_metrics`` are TRL internals).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from trl import SFTTrainer
+
+logger = logging.getLogger(__name__)
+
+# Vision-tower submodules that form the projector (trained with the LLM): Qwen2.5-VL's `merger`,
+# Qwen3-VL's `merger` plus its DeepStack mergers.
+PROJECTOR_PREFIXES = ("merger", "deepstack_merger_list")
+
+
+def cb_stream_class_weights(counts: torch.Tensor | Sequence[int], beta: float = 0.9999) -> torch.Tensor:
+    """CB-Stream class weights from per-class token counts (METHOD §4).
+
+    E_k = (1 − β^{n_k}) / (1 − β);  ŵ_k = [(1/E_k) / Σ_{j∈S} (1/E_j)] · |S|, over the classes S
+    present (n_k > 0). Absent classes get weight 0 and are left out of the sum; a batch with a
+    single present class gives it weight 1; no class present → all zeros (never a division by 0).
+    """
+    counts = torch.as_tensor(counts)
+    n = counts.to(torch.float64)
+    present = n > 0
+    effective = (1.0 - torch.pow(torch.as_tensor(beta, dtype=torch.float64, device=n.device), n)) / (1.0 - beta)
+    inverse = torch.where(present, 1.0 / effective.clamp(min=1e-12), torch.zeros_like(n))
+    num_present = present.sum()
+    weights = inverse / inverse.sum().clamp(min=1e-300) * num_present
+    return weights.to(torch.float32)
+
+
+def focal_class_weights(counts: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """Streamo's focal α_c = (decision tokens / n_c) / (classes present); 0 for absent classes."""
+    n = torch.as_tensor(counts).to(torch.float32)
+    present = n > 0
+    alpha = n.sum() / n.clamp(min=1) / present.sum().clamp(min=1)
+    return torch.where(present, alpha, torch.zeros_like(n))
+
+
+def stream_token_weights(
+    targets: torch.Tensor,
+    log_probs: torch.Tensor,
+    mask: torch.Tensor,
+    decision_ids: Sequence[int],
+    loss_type: str,
+    *,
+    cb_beta: float = 0.9999,
+    text_weight: float = 2.0,
+    focal_gamma: float = 2.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token loss weights (B, T) and the per-class decision counts (C,) of one micro-batch.
+
+    ``targets`` (B, T) are the next-token labels aligned with ``log_probs`` (B, T); ``mask`` marks
+    supervised tokens. Decision tokens are those whose target is one of ``decision_ids``; every
+    other supervised token is a language token. Weights are zero off the mask. The focal
+    modulation (1 − p_t)^γ keeps its gradient, as in the focal loss's definition.
+    """
+    is_class = torch.stack([(targets == c) & mask for c in decision_ids])  # (C, B, T)
+    counts = is_class.sum(dim=(1, 2))  # (C,)
+    is_decision = is_class.any(0)
+    if loss_type == "ce":
+        return mask.to(log_probs.dtype), counts
+    if loss_type == "cb_stream":
+        class_w = cb_stream_class_weights(counts, cb_beta).to(log_probs.dtype)
+        decision_w = (is_class.to(log_probs.dtype) * class_w[:, None, None]).sum(0)
+        return torch.where(is_decision, decision_w, mask.to(log_probs.dtype) * text_weight), counts
+    if loss_type == "focal":
+        alpha = focal_class_weights(counts).to(log_probs.dtype)
+        alpha_t = (is_class.to(log_probs.dtype) * alpha[:, None, None]).sum(0)
+        modulation = (1.0 - log_probs.exp()).clamp(min=0).pow(focal_gamma)
+        return torch.where(is_decision, alpha_t * modulation, mask.to(log_probs.dtype)), counts
+    raise ValueError(f"unknown loss_type {loss_type!r}; expected 'cb_stream', 'focal' or 'ce'")
+
+
+def freeze_vision_tower(model: torch.nn.Module) -> int:
+    """Freeze ``model.model.visual`` except the projector (merger); return the number of frozen tensors."""
+    frozen = 0
+    for name, param in model.model.visual.named_parameters():
+        if not name.startswith(PROJECTOR_PREFIXES):
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+class StreamProSFTTrainer(SFTTrainer):
+    """``SFTTrainer`` whose ``compute_loss`` is the CB-Stream / focal / CE streaming loss.
+
+    ``processing_class`` must be a ``StreamProProcessor`` (it names the decision tokens), ``args`` a
+    :class:`~streampro.trainer.sft_config.StreamProSFTConfig`, ``data_collator`` usually a
+    :class:`~streampro.dataset_scripts.collator.StreamingSFTCollator`.
+    """
+
+    def __init__(self, model, args=None, *pargs, **kwargs):
+        if args is None or not hasattr(args, "cb_beta"):
+            raise TypeError("StreamProSFTTrainer needs args=StreamProSFTConfig(...)")
+        processor = kwargs.get("processing_class")
+        if processor is None or not hasattr(processor, "silence_token_id"):
+            raise TypeError("StreamProSFTTrainer needs processing_class=StreamProProcessor (it names the decision tokens)")
+        self.decision_ids = (processor.silence_token_id, processor.response_token_id)
+        if args.freeze_vision and not isinstance(model, str):
+            logger.info("froze %d vision-tower tensors (projector stays trainable)", freeze_vision_tower(model))
+        # SFTTrainer.__init__ checks `loss_type` against its own names ('nll', 'dft'); ours replace them.
+        stream_loss = args.loss_type
+        args.loss_type = "nll"
+        try:
+            super().__init__(model, args, *pargs, **kwargs)
+        finally:
+            args.loss_type = stream_loss
+        # Our compute_loss normalises by `num_items_in_batch`; StreamPro's model sets
+        # `accepts_loss_kwargs = False`, which would make Trainer skip counting it and average
+        # per-micro-batch means instead (gradient accumulation != one large batch).
+        self.model_accepts_loss_kwargs = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Weighted NLL on fused log-probs: Σ_i w_i · (−log p_i) / N (METHOD §4)."""
+        mode = "train" if self.model.training else "eval"
+        args = self.args
+        inputs["use_cache"] = False
+        outputs = model(**inputs, fused_lm_head=True)
+        mask = outputs.label_mask  # (B, L-1), aligned with labels[:, 1:]
+        targets = inputs["labels"][:, 1:].to(mask.device)
+        weights, counts = stream_token_weights(
+            targets,
+            outputs.log_probs,
+            mask,
+            self.decision_ids,
+            args.loss_type,
+            cb_beta=args.cb_beta,
+            text_weight=args.text_weight,
+            focal_gamma=args.focal_gamma,
+        )
+        num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = (weights * -outputs.log_probs).sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        # Like SFTTrainer: `num_items_in_batch` counts every rank's tokens and DDP averages gradients.
+        if args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        self._log_stream_metrics(mode, outputs, targets, mask, counts, inputs)
+        if return_outputs:
+            with torch.no_grad():
+                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _log_stream_metrics(self, mode, outputs, targets, mask, counts, inputs) -> None:
+        """Per-step decision statistics through TRL's ``_metrics`` (averaged over each logging interval)."""
+        silence, response = self.decision_ids
+        correct = outputs.is_top1.bool() & mask
+        is_resp = (targets == response) & mask
+        is_dec = ((targets == silence) & mask) | is_resp
+        if self.args.loss_type == "cb_stream":
+            class_w = cb_stream_class_weights(counts, self.args.cb_beta)
+        elif self.args.loss_type == "focal":
+            class_w = focal_class_weights(counts)
+        else:
+            class_w = torch.ones(2)
+        local = torch.stack(
+            [
+                counts[0].float(),
+                counts[1].float(),
+                (correct & is_dec).sum().float(),
+                (correct & is_resp).sum().float(),
+                mask.sum().float(),
+                correct.sum().float(),
+                outputs.entropy.sum().float(),
+            ]
+        )
+        gathered = self.accelerator.gather_for_metrics(local[None])
+        n_sil, n_resp, dec_ok, resp_ok, n_tok, n_ok, ent = gathered.sum(0).tolist()
+        # The weights actually used: one pair per micro-batch and rank, averaged over ranks.
+        w_sil, w_resp = self.accelerator.gather_for_metrics(class_w.to(local.device)[None]).mean(0).tolist()
+        metrics = self._metrics[mode]
+        metrics["decision/silence_count"].append(n_sil)
+        metrics["decision/response_count"].append(n_resp)
+        if self.args.loss_type != "ce":
+            metrics["decision/silence_weight"].append(w_sil)
+            metrics["decision/response_weight"].append(w_resp)
+        if n_sil + n_resp > 0:
+            metrics["decision/accuracy"].append(dec_ok / (n_sil + n_resp))
+        if n_resp > 0:
+            metrics["decision/response_recall"].append(resp_ok / n_resp)
+        metrics["mean_token_accuracy"].append(n_ok / n_tok if n_tok else 0.0)
+        metrics["entropy"].append(ent / n_tok if n_tok else 0.0)
+        if mode == "train":
+            self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+            metrics["num_tokens"] = [self._total_train_tokens]
