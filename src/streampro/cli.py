@@ -16,6 +16,7 @@ from streampro import __version__
 
 # name -> (module, one-line help). Add a line here when a command lands.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("streampro.trainer.cli", "Train: `streampro train sft --config RECIPE.yaml` (CB-Stream SFT)."),
     "score": ("streampro.metrics.cli", "StreamPro-F1 of a predictions file against benchmark references."),
     "data": (
         "streampro.dataset_scripts.cli",
