@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "streampro.dataset_scripts.cli",
         "Datasets: convert annotations, build SFT/RL/bench files, make StreamPro-Synth.",
     ),
+    "space": ("streampro.space.cli", "Serve the Gradio Space (upload / webcam streaming, scoring) locally."),
 }
 
 
