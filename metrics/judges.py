@@ -19,6 +19,7 @@ metric batches all requests of a run into one call, and the GRPO rewards can do 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -83,15 +84,22 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _token_counts(text: str) -> tuple[Counter, int]:
+    # Cached: a reference is compared with every response near it, and responses repeat.
+    tokens = normalize_answer(text).split()
+    return Counter(tokens), len(tokens)
+
+
 def token_f1(prediction: str, reference: str) -> float:
     """Token-overlap F1 of the normalised texts (1.0 when both are empty)."""
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    same = sum((Counter(pred) & Counter(ref)).values())
+    (pred, n_pred), (ref, n_ref) = _token_counts(prediction), _token_counts(reference)
+    if not n_pred or not n_ref:
+        return float(n_pred == n_ref)
+    same = sum((pred & ref).values())
     if same == 0:
         return 0.0
-    p, r = same / len(pred), same / len(ref)
+    p, r = same / n_pred, same / n_ref
     return 2 * p * r / (p + r)
 
 

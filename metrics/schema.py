@@ -71,6 +71,8 @@ class Reference:
 
 def _time(value, field: str) -> float:
     """A finite, non-negative number of seconds (bools are not numbers here)."""
+    if type(value) is float and 0 <= value < math.inf:  # the common case, checked fast
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FormatError(f"field '{field}' must be a number of seconds, got {value!r}")
     value = float(value)
