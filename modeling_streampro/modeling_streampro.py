@@ -258,6 +258,8 @@ class StreamProForConditionalGeneration(StreamProPreTrainedModel, GenerationMixi
         )
         pending = sorted(questions)
         known_length = len(frames) if hasattr(frames, "__len__") else None
+        if known_length == 0:
+            raise ValueError("no frames: the stream is empty")
         if known_length is not None and pending:
             last_turn = turn_index_for_time(pending[-1][0], fps)
             if last_turn >= known_length:

@@ -72,8 +72,11 @@ TINY_SIZES = {
 }
 
 
-def build_tiny_tokenizer(vocab_size: int = 640) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with the Qwen special tokens, the decision tokens and a chat template."""
+def build_tiny_tokenizer(vocab_size: int = 640, decision_tokens: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with the Qwen special tokens, the decision tokens and a chat template.
+
+    ``decision_tokens=False`` mimics a base Qwen-VL tokenizer (for testing checkpoint conversion).
+    """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -93,7 +96,8 @@ def build_tiny_tokenizer(vocab_size: int = 640) -> PreTrainedTokenizerFast:
         unk_token=None,
         model_max_length=1_000_000,
     )
-    fast.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS) + list(DECISION_TOKENS)})
+    specials = list(QWEN_SPECIAL_TOKENS) + (list(DECISION_TOKENS) if decision_tokens else [])
+    fast.add_special_tokens({"additional_special_tokens": specials})
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
