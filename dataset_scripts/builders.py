@@ -180,7 +180,7 @@ _SPLIT_NAME = re.compile(r"^\w+$")
 
 
 def build(kind: str, raw_path: str | os.PathLike, out_dir: str | os.PathLike, *, split: str = "train",
-          fps: float = 1.0) -> Counter:
+          fps: float = 1.0, progress: bool = True) -> Counter:
     """Build ``OUT/{split}.jsonl`` of ``kind`` from a raw JSONL file and (re)write the card."""
     if kind not in KINDS:
         raise ValueError(f"unknown build kind {kind!r}; use one of {list(KINDS)}")
@@ -188,9 +188,13 @@ def build(kind: str, raw_path: str | os.PathLike, out_dir: str | os.PathLike, *,
         raise ValueError(f"split name {split!r} must be letters, digits or underscores (e.g. train, test)")
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
+    from tqdm import tqdm
+
     samples = read_raw(raw_path)
     stats: Counter = Counter(raw_samples=len(samples))
-    rows = build_records(kind, samples, fps, stats)
+    rows = []
+    for sample in tqdm(samples, desc=f"build {kind}", unit="sample", disable=not progress):
+        rows += build_records(kind, [sample], fps, stats)
     out_dir = Path(out_dir)
     write_jsonl(out_dir / f"{split}.jsonl", rows)
     splits = {p.stem: p.name for p in sorted(out_dir.glob("*.jsonl"))}
@@ -216,9 +220,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("out", help="Output folder: OUT/{split}.jsonl and OUT/README.md.")
     parser.add_argument("--split", default="train", help="Split name of this file (default: train).")
     parser.add_argument("--fps", type=float, default=1.0, help="Frames (turns) per second (default: 1).")
+    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
 
 
 def run(args) -> int:
-    stats = build(args.kind, args.raw, args.out, split=args.split, fps=args.fps)
+    stats = build(args.kind, args.raw, args.out, split=args.split, fps=args.fps, progress=not args.no_progress)
     print(f"{args.kind}: {args.raw} -> {Path(args.out) / (args.split + '.jsonl')}\n{format_stats(stats)}")
     return 0

@@ -114,7 +114,7 @@ def test_build_writes_loadable_datasets(tmp_path, monkeypatch):
     convert("ovo-bench", ANN / "ovo_bench_new.json", raw, progress=False)
     out = {}
     for kind in ("sft", "rl", "bench"):
-        stats = build(kind, raw, tmp_path / kind, split="test")
+        stats = build(kind, raw, tmp_path / kind, split="test", progress=False)
         assert stats["records"] > 0
         out[kind] = datasets.load_dataset(str(tmp_path / kind), split="test", cache_dir=str(tmp_path / "cache"))
     assert len(out["bench"]) == len(out["rl"]) == 172
@@ -158,3 +158,20 @@ def test_raw_validation_names_file_line_and_field(tmp_path):
         read_raw(path)
     with pytest.raises(ValueError, match="unknown build kind"):
         build("nope", path, tmp_path / "o")
+
+
+def test_cli_build_prints_summary(tmp_path, capsys):
+    import argparse
+
+    from streampro.dataset_scripts import cli
+
+    raw = tmp_path / "raw.jsonl"
+    convert("dota", ANN / "dota_metadata_val.json", raw, progress=False)
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["build", "sft", str(raw), str(tmp_path / "sft"), "--split", "validation",
+                              "--no-progress"])
+    assert cli.run(args) == 0
+    out = capsys.readouterr().out
+    assert "records: 1402" in out and "response_turns: 1402" in out
+    assert (tmp_path / "sft" / "validation.jsonl").is_file() and (tmp_path / "sft" / "README.md").is_file()
