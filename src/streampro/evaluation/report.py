@@ -1,0 +1,156 @@
+"""Scoring a finished run and writing ``report.json``, ``report.md`` and ``plots/``.
+
+Scoring is the metric package's own :func:`streampro.metrics.compute_streampro_f1` over the
+samples that ran; samples with an ``error`` are excluded from every average and listed (with
+their reason) under ``errors`` — they are never scored as zeros. ``report.json`` depends only on
+the predictions and the references, so a resumed or sharded run gives the same file as a plain one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def score_run(records: list[dict], references: list[dict], judge, *, strict: bool = False) -> dict:
+    """The report dict: metric results, per-sample scores and the errored samples."""
+    from streampro.metrics import compute_streampro_f1
+
+    errors = []
+    preds, refs = [], []
+    for record, ref in zip(records, references):
+        if record["error"] is not None:
+            errors.append({"id": str(ref["id"]), "task": ref.get("task"), **record["error"]})
+        else:
+            preds.append(record["predictions"])
+            refs.append(ref)
+    if refs:
+        results = compute_streampro_f1(preds, refs, judge=judge, on_judge_failure="stop" if strict else "exclude",
+                                       return_per_sample=True)
+        per_sample = results.pop("per_sample")
+    else:  # nothing could be scored: no F1 keys at all, rather than zeros
+        results = {"num_samples": 0, "excluded_samples": 0, "judge_failures": 0, "parse_failures": 0}
+        per_sample = []
+    results["num_errors"] = len(errors)
+    return {
+        "results": results,
+        "errors": {"count": len(errors), "by_kind": dict(sorted(Counter(e["kind"] for e in errors).items())),
+                   "samples": errors},
+        "num_benchmark_samples": len(references),
+        "judge": judge.describe(),
+        "per_sample": per_sample,
+    }
+
+
+def format_markdown(report: dict, config: dict) -> str:
+    """The paper's layout as a markdown table: per task Time / Acc / P / R / F1; PU / TR / PA, Avg, W-Avg."""
+    from streampro.metrics import DIMENSIONS, TASK_SPECS, TASKS
+
+    results = report["results"]
+    counts = Counter(s["task"] for s in report["per_sample"] if "f1" in s)
+    lines = [
+        "# StreamPro-F1 evaluation",
+        "",
+        f"- model: `{config['model']}`",
+        f"- benchmark: `{config['benchmark']}` ({report['num_benchmark_samples']} samples)",
+        f"- protocol: {config['protocol']}, judge: {report['judge'].get('name')}, fps: {config['fps']:g}",
+        "",
+    ]
+    if results["num_samples"] == 0:
+        lines.append("**No sample could be scored** (see the errors below).")
+    else:
+        lines += ["| Task | Dim | N | Time | Acc | P | R | F1 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for task in TASKS:
+            if f"{task}_f1" in results:
+                vals = [results[f"{task}_{k}"] for k in ("time", "acc", "precision", "recall", "f1")]
+                lines.append(f"| {task} | {TASK_SPECS[task].dimension} | {counts[task]} | "
+                             + " | ".join(f"{v:.1f}" for v in vals) + " |")
+        dims = [d for d in DIMENSIONS if f"{d}_f1" in results]
+        lines += ["", "| " + " | ".join(dims + ["Avg", "W-Avg"]) + " |", "|" + "---:|" * (len(dims) + 2),
+                  "| " + " | ".join(f"{results[k]:.1f}" for k in [f"{d}_f1" for d in dims] + ["avg_f1", "w_avg_f1"])
+                  + " |"]
+    lines += [
+        "",
+        f"Samples scored: {results['num_samples']}; errored (excluded from the averages): {results['num_errors']}; "
+        f"excluded because the judge failed: {results['excluded_samples']}; TG parse failures: "
+        f"{results['parse_failures']}.",
+    ]
+    if report["errors"]["count"]:
+        lines += ["", "## Errors", "", "| id | task | kind | message |", "|---|---|---|---|"]
+        for e in report["errors"]["samples"]:
+            message = str(e["message"]).replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {e['id']} | {e['task']} | {e['kind']} | {message} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_p_response(ref, events: list[dict], predictions, path: Path) -> Path:
+    """p_response (or p_yes of the decision tree) per frame, ground-truth windows shaded, responses marked."""
+    from streampro.metrics import TASK_SPECS
+    from streampro.metrics.plots import _pyplot
+
+    plt = _pyplot()
+    spec = TASK_SPECS[ref.task]
+    fig, ax = plt.subplots(figsize=(9, 2.6))
+    for g in ref.items:
+        ax.axvspan(g.start - spec.before, g.end + spec.after, color="tab:blue", alpha=0.15)
+        ax.axvspan(g.start, max(g.end, g.start + 0.05), color="tab:blue", alpha=0.5)
+    points = [(e["t"], e["p"]) for e in events if e["p"] is not None]
+    if points:
+        ax.plot([t for t, _ in points], [p for _, p in points], marker=".", color="tab:purple", label="p_response")
+    for p in predictions:
+        ax.axvline(p.time, color="tab:green", linewidth=1.2, alpha=0.8)
+    ax.axvline(ref.question_time, color="black", linestyle="--", linewidth=0.8, label="question")
+    ax.plot([], [], color="tab:green", label="response")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("p_response")
+    ax.legend(loc="upper left", fontsize=7, ncols=3)
+    ax.set_title(f"{ref.id} [{ref.task}]: p_response against the ground-truth windows", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(report: dict, records: list[dict], references: list[dict], judge, plot_dir: Path,
+                num_timelines: int) -> list[Path]:
+    """Per-task F1 bars and, for the first ``num_timelines`` scored samples, two timelines each."""
+    from streampro.metrics import JudgeError, streampro_f1_sample, validate_predictions, validate_reference
+    from streampro.metrics.plots import plot_task_f1, plot_timeline
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    if report["results"]["num_samples"]:
+        written.append(plot_task_f1(report["results"], plot_dir / "task_f1.png"))
+    shown = 0
+    for record, ref_obj in zip(records, references):
+        if shown >= num_timelines:
+            break
+        if record["error"] is not None:
+            continue
+        ref, preds = validate_reference(ref_obj), validate_predictions(record["predictions"])
+        try:
+            score = streampro_f1_sample(record["predictions"], ref_obj, judge)
+        except JudgeError as e:
+            logger.warning("timeline of %s drawn without scores: %s", ref.id, e)
+            score = None
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in ref.id)
+        written.append(plot_timeline(ref, preds, score, plot_dir / f"timeline_{safe}.png"))
+        written.append(plot_p_response(ref, record["events"], preds, plot_dir / f"p_response_{safe}.png"))
+        shown += 1
+    return written
+
+
+def write_reports(out_dir: Path, records: list[dict], references: list[dict], judge, config: dict, *,
+                  strict: bool = False, num_timelines: int = 4) -> dict:
+    """Score and write ``report.json``, ``report.md`` and ``plots/``; return the report."""
+    report = score_run(records, references, judge, strict=strict)
+    report = {"config": config, **report}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out_dir / "report.md").write_text(format_markdown(report, config), encoding="utf-8")
+    write_plots(report, records, references, judge, out_dir / "plots", num_timelines)
+    return report
