@@ -390,15 +390,15 @@ def read_proactivevideoqa(path: Path, task: str, stats: Counter) -> Iterator[Can
         )
 
 
-# name -> (reader, default task, tasks the format can produce)
-FORMATS: dict[str, tuple[Callable[[Path, str, Counter], Iterator[Candidate]], str, tuple[str, ...]]] = {
-    "activitynet-captions": (read_activitynet, "EU", ("EU", "AA", "GP")),
-    "charades-sta": (read_charades_sta, "TG", ("TG",)),
-    "qvhighlights": (read_qvhighlights, "TG", ("TG",)),
-    "dota": (read_dota, "RF", ("RF",)),
-    "ovo-bench": (read_ovo_bench, "EU", ("EU",)),  # task fixed per OVO item (REC/SSR → EU, CRR → OU)
-    "streamo": (read_streamo, "EU", TASKS),
-    "proactivevideoqa": (read_proactivevideoqa, "EU", TASKS),
+# name -> (reader, tasks --task may choose, the first being the default; None: the format fixes the task)
+FORMATS: dict[str, tuple[Callable[[Path, str | None, Counter], Iterator[Candidate]], tuple[str, ...] | None]] = {
+    "activitynet-captions": (read_activitynet, ("EU", "AA", "GP")),
+    "charades-sta": (read_charades_sta, None),  # TG
+    "qvhighlights": (read_qvhighlights, None),  # TG
+    "dota": (read_dota, None),  # RF
+    "ovo-bench": (read_ovo_bench, None),  # per item: REC/SSR -> EU, CRR -> OU
+    "streamo": (read_streamo, TASKS),
+    "proactivevideoqa": (read_proactivevideoqa, TASKS),
 }
 
 
@@ -528,10 +528,14 @@ def convert(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {sorted(FORMATS)}")
-    reader, default_task, allowed = FORMATS[fmt]
-    task = task or default_task
-    if task not in allowed:
-        raise ValueError(f"format {fmt} converts to task(s) {list(allowed)}, not {task!r}")
+    reader, choices = FORMATS[fmt]
+    if choices is None:
+        if task is not None:
+            raise ValueError(f"format {fmt} fixes the task itself (see docs/data.md); do not pass --task")
+    else:
+        task = task or choices[0]
+        if task not in choices:
+            raise ValueError(f"format {fmt} converts to task(s) {list(choices)}, not {task!r}")
     input_path = Path(input_path)
     if not input_path.is_file():
         raise FileNotFoundError(f"{input_path}: no such annotation file")

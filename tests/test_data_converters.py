@@ -236,3 +236,8 @@ def test_cli_convert_prints_summary(tmp_path, capsys):
     assert "written: 1402" in out and "warning_clamped_to_start: 462" in out
     with pytest.raises(SystemExit):
         parser.parse_args(["convert", "not-a-format", "a", "b"])
+
+
+def test_fixed_task_formats_refuse_task(tmp_path):
+    with pytest.raises(ValueError, match="fixes the task itself"):
+        convert("ovo-bench", ANN / "ovo_bench_new.json", tmp_path / "o.jsonl", task="OU")
