@@ -10,6 +10,7 @@ StreamPro chat template, PIL image processor) to DST.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def convert_backbone(
     overwrite: bool = False,
 ) -> Path:
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
+    from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
 
     from streampro.backbones import add_decision_tokens
     from streampro.modeling_streampro.configuration_streampro import BACKBONE_MODEL_TYPES, StreamProConfig
@@ -47,10 +48,10 @@ def convert_backbone(
         raise FileNotFoundError(f"{src} has no config.json: pass a Qwen2.5-VL / Qwen3-VL checkpoint directory")
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise FileExistsError(f"{dst} is not empty; choose another directory or pass --overwrite")
-    base_config = AutoConfig.from_pretrained(src)
-    if base_config.model_type not in BACKBONE_MODEL_TYPES:
+    model_type = json.loads((src / "config.json").read_text()).get("model_type")
+    if model_type not in BACKBONE_MODEL_TYPES:
         raise ValueError(
-            f"{src}/config.json has model_type {base_config.model_type!r}; convert-backbone supports "
+            f"{src}/config.json has model_type {model_type!r}; convert-backbone supports "
             f"{sorted(BACKBONE_MODEL_TYPES)} (already a StreamPro checkpoint? then there is nothing to convert)"
         )
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
