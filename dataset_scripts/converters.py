@@ -14,7 +14,8 @@ Degenerate rows are never dropped silently; every rule has a counter printed in 
 - ``span_reversed`` (end < start): the answer is dropped;
 - ``span_zero_length`` (end == start): the answer is dropped;
 - ``clamped_to_duration``: a time / span end past the video end is set to the duration;
-- ``answer_after_duration``: a time / span start at or past the video end: the answer is dropped;
+- ``answer_after_duration``: a time past the video end, or a span starting at or after it: dropped;
+- ``empty_answer_text`` / ``question_after_duration``: the answer / the sample is dropped;
 - ``answer_before_question``: t* before the question time: the answer is dropped;
 - ``duplicate_answer``: the same (text, times) twice in one sample: the repeat is dropped;
 - ``duplicate_sample``: a sample identical to an earlier one (video, task, question, answers):
