@@ -149,10 +149,11 @@ class SpaceHandlers:
         return [], None, "new session: press record on the webcam to start", None
 
 
-def _options():
+def _options(prefix: str):
     threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Response threshold on p_response",
-                          info="0.5 is the model's own decision; lower answers more often")
-    max_new_tokens = gr.Slider(8, 256, value=64, step=8, label="Max answer tokens")
+                          info="0.5 is the model's own decision; lower answers more often",
+                          elem_id=f"{prefix}threshold")
+    max_new_tokens = gr.Slider(8, 256, value=64, step=8, label="Max answer tokens", elem_id=f"{prefix}max-tokens")
     return threshold, max_new_tokens
 
 
@@ -179,7 +180,7 @@ def build_demo(model_dir=None, limits: Limits | None = None) -> gr.Blocks:
                     question_time = gr.Number(value=0, minimum=0, label="Ask at (seconds of video)",
                                               elem_id="question-time")
                     with gr.Accordion("Options", open=False):
-                        threshold, max_new_tokens = _options()
+                        threshold, max_new_tokens = _options("")
                     with gr.Accordion("Score against ground truth (optional)", open=False):
                         reference_text = gr.Code(label="Reference (one sample, the metric's JSON format)",
                                                  language="json", lines=6)
@@ -214,7 +215,7 @@ def build_demo(model_dir=None, limits: Limits | None = None) -> gr.Blocks:
                         ask = gr.Button("Ask", variant="primary")
                         reset = gr.Button("New session")
                     with gr.Accordion("Options (apply to a new session)", open=False):
-                        live_threshold, live_tokens = _options()
+                        live_threshold, live_tokens = _options("live-")
                 with gr.Column(scale=3):
                     live_status = gr.Textbox(label="Status", interactive=False)
                     live_chat = gr.Chatbot(label="Responses", height=380)

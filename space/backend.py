@@ -213,8 +213,8 @@ def fit_frame(frame, size: tuple[int, int] | None = None) -> Image.Image:
 
 
 def timestamp_title(t: float) -> str:
-    """The chat message title carrying the video time, e.g. ``⏱ 12s``."""
-    return f"⏱ {t:g}s"
+    """The chat message title carrying the video time, e.g. ``◷ 12s`` (a clock glyph that common fonts have, unlike the ⏱ emoji)."""
+    return f"◷ {t:g}s"
 
 
 @dataclass

@@ -112,10 +112,10 @@ def test_live_handlers(tiny_dir):
     chat, status, state, cleared = h.live_ask("Anything?", None, 0.0, 4)
     assert cleared == "" and "frame at 1s" in status and chat == []
     chat, plot, status, state = h.live_step(np.full((48, 64, 3), 90, np.uint8), state, 0.0, 4)
-    assert [m.metadata["title"] for m in chat] == ["asked at 1s", "⏱ 1s"]
+    assert [m.metadata["title"] for m in chat] == ["asked at 1s", "◷ 1s"]
     assert status.startswith("streaming · frame 1")
     chat, *_ = h.live_step(np.full((48, 64, 3), 90, np.uint8), state, 0.0, 4)
-    assert chat[-1].metadata["title"] == "⏱ 2s"
+    assert chat[-1].metadata["title"] == "◷ 2s"
     with pytest.raises(gr.Error, match="question is empty"):
         h.live_ask("", state, 0.0, 4)
     assert h.live_reset()[3] is None
@@ -139,7 +139,7 @@ def test_client_streams_timestamped_events(served, video):
     chat, plot, status, score_md, timeline = updates[-1]
     titles = [m["metadata"]["title"] for m in chat]
     # t_q = 2 s lands on the turn at 2 s; threshold 0 → a response on every turn from there on.
-    assert titles == ["asked at 2s", "⏱ 2s", "⏱ 3s", "⏱ 4s", "⏱ 5s", "⏱ 6s"]
+    assert titles == ["asked at 2s", "◷ 2s", "◷ 3s", "◷ 4s", "◷ 5s", "◷ 6s"]
     assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/")
     assert status.startswith("done · frame 6/6")
     assert re.search(r"StreamPro-F1 \d+\.\d", score_md)

@@ -191,7 +191,7 @@ def test_stream_video_messages_carry_timestamps(tiny, video):
     assert [r["time"] for r in view.responses] == [2.0, 3.0, 4.0, 5.0]
     question, *answers = view.messages
     assert question == {"role": "user", "content": "What colour?", "metadata": {"title": "asked at 2s"}}
-    assert [m["metadata"]["title"] for m in answers] == ["⏱ 2s", "⏱ 3s", "⏱ 4s", "⏱ 5s"]
+    assert [m["metadata"]["title"] for m in answers] == ["◷ 2s", "◷ 3s", "◷ 4s", "◷ 5s"]
     assert all(m["role"] == "assistant" and m["content"] for m in answers)
     assert view.status(done=True).startswith("done · frame 5/5 · t = 5s")
 
@@ -236,7 +236,7 @@ def test_live_session_resizes_frames_and_lands_questions_on_the_next_turn(tiny):
     assert event.question == "Is it dark?"
     live.step(np.full((96, 128, 3), 200, np.uint8))
     assert live.size == (128, 96)
-    assert [m["metadata"]["title"] for m in live.view.messages] == ["asked at 2s", "⏱ 2s", "⏱ 3s"]
+    assert [m["metadata"]["title"] for m in live.view.messages] == ["asked at 2s", "◷ 2s", "◷ 3s"]
     with pytest.raises(ValueError, match="no webcam frame"):
         live.step(None)
 
