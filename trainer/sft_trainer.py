@@ -6,7 +6,8 @@ full-vocabulary logits), normalised exactly like ``SFTTrainer``'s own loss (by t
 ``num_items_in_batch`` = supervised tokens of the global batch), so gradient accumulation and DDP
 give the same normalisation as one large batch. ``__init__`` only bridges configuration: it
 freezes the vision tower when asked, lets ``SFTTrainer`` validate its own ``loss_type`` names,
-and tells ``Trainer`` that this loss takes ``num_items_in_batch``.
+and tells ``Trainer`` that this loss takes ``num_items_in_batch``. ``_load_from_checkpoint``
+fixes resuming (Trainer's loader silently skips transformers 5's renamed Qwen-VL weights).
 
 Pinned to trl==1.16.0 (the fused LM head outputs and ``_metrics`` are TRL internals).
 """
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+from accelerate.utils import is_peft_model
 from trl import SFTTrainer
 
 logger = logging.getLogger(__name__)
@@ -124,6 +127,25 @@ class StreamProSFTTrainer(SFTTrainer):
         # `accepts_loss_kwargs = False`, which would make Trainer skip counting it and average
         # per-micro-batch means instead (gradient accumulation != one large batch).
         self.model_accepts_loss_kwargs = True
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Resume with the model's own strict loader (full-model checkpoints only).
+
+        ``Trainer`` reads ``model.safetensors`` with ``load_state_dict(strict=False)``, but
+        transformers 5 saves Qwen-VL weights under the original checkpoint names (``model.layers.*``,
+        ``visual.*``) while the module names are ``model.language_model.*`` / ``model.visual.*``: every
+        weight but ``lm_head`` would silently keep its current value. ``from_pretrained`` applies the
+        name conversion and fails on any missing weight. PEFT adapters, FSDP and DeepSpeed checkpoints
+        keep Trainer's own loading.
+        """
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        full_model = (Path(resume_from_checkpoint) / "config.json").exists() and not is_peft_model(target)
+        if not full_model or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        dtype = next(target.parameters()).dtype
+        loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=dtype)
+        target.load_state_dict(loaded.state_dict(), strict=True)
+        logger.info("resumed model weights from %s", resume_from_checkpoint)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Weighted NLL on fused log-probs: Σ_i w_i · (−log p_i) / N (METHOD §4)."""
