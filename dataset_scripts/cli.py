@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("streampro.dataset_scripts.converters", "Convert a public annotation file to raw JSONL."),
     "build": ("streampro.dataset_scripts.builders", "Build SFT / RL / benchmark files from raw JSONL."),
     "synth": ("streampro.dataset_scripts.synth", "Generate StreamPro-Synth: procedural videos with exact labels."),
+    "rubrics": ("streampro.dataset_scripts.rubrics", "Write GRPO trajectory rubrics for RL samples with an LLM endpoint."),
 }
 
 

@@ -1,0 +1,300 @@
+"""Trajectory rubrics for GRPO (METHOD §5): ``streampro data rubrics RL_SAMPLES OUT --endpoint URL --model NAME``.
+
+An LLM on an OpenAI-compatible ``/chat/completions`` endpoint writes, per RL sample, 6-10 binary
+rubric items from the question and the timed ground truth: assertive, sample-specific statements
+in three dimensions — granularity (steps neither over-split nor merged), coherence (correct
+temporal/physical order, no skipped necessary step), coverage (every essential phase present, no
+hallucination). A reply must be a JSON list of ``{rubric_id, dimension, rubric}``; it is checked
+by :func:`validate_rubric` (count, keys, dimensions, every dimension present, unique ids,
+statements not questions) and asked again (up to ``--invalid-retries`` times) when it fails.
+
+Output: ``OUT`` is a JSONL file of the RL samples with ``rubric`` filled, appended one line per
+finished sample and flushed at once, so it is also the cache: a re-run skips the ids already in
+``OUT`` and an interrupted run loses nothing. Samples that fail (endpoint down, invalid replies)
+are logged, left out, and make the command exit with status 1; run it again to retry only them.
+Transport: retries with exponential backoff on timeouts, connection errors, 429 and 5xx (the
+same policy as the metric's LLM judge), ``--concurrency`` requests in flight, API key from the
+environment variable ``--api-key-env`` (never logged or stored).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+RUBRIC_DIMENSIONS = ("granularity", "coherence", "coverage")
+MIN_ITEMS, MAX_ITEMS = 6, 10
+
+SYSTEM_PROMPT = """\
+You write grading rubrics for an assistant that watches a live video and answers a question by \
+speaking at the right moments. You receive the question, the task type and the ground-truth \
+answers with their times. Write 6 to 10 binary rubric items that a grader can check against the \
+assistant's timed responses. Each item is one assertive statement about THIS sample (name its \
+concrete events, objects and order), true for a good set of responses and false for a bad one. \
+Use all three dimensions:
+- granularity: the responses report the steps at the right granularity, neither splitting one \
+step into several reports nor merging distinct steps into one;
+- coherence: the reported steps follow the correct temporal / physical order and no necessary \
+step is skipped;
+- coverage: every essential phase of the ground truth is reported and nothing is hallucinated.
+
+Reply with a JSON list and nothing else: \
+[{"rubric_id": 1, "dimension": "granularity" | "coherence" | "coverage", "rubric": "<statement>"}, ...]"""
+
+USER_TEMPLATE = """\
+Task: {task}
+Question (asked at {question_time:g}s): {question}
+Ground-truth answers:
+{answers}"""
+
+_JSON_LIST = re.compile(r"\[.*\]", re.DOTALL)
+
+
+class RubricError(ValueError):
+    """A rubric reply or a rubric in a file does not follow the format."""
+
+
+class EndpointError(RubricError):
+    """The endpoint gave no usable reply (after retries, or a 4xx that retrying cannot fix)."""
+
+
+def validate_rubric(rubric, where: str = "rubric") -> list[dict]:
+    """Check a rubric (``[{rubric_id, dimension, rubric}]``, 6-10 items, all three dimensions).
+
+    Returns it unchanged; raises :class:`RubricError` naming the item and field.
+    """
+    if not isinstance(rubric, list):
+        raise RubricError(f"{where}: expected a JSON list of {{rubric_id, dimension, rubric}}, got {type(rubric).__name__}")
+    if not MIN_ITEMS <= len(rubric) <= MAX_ITEMS:
+        raise RubricError(f"{where}: has {len(rubric)} items; a rubric has {MIN_ITEMS}-{MAX_ITEMS} items (METHOD §5)")
+    ids = set()
+    for j, item in enumerate(rubric):
+        if not isinstance(item, dict) or set(item) != {"rubric_id", "dimension", "rubric"}:
+            raise RubricError(f"{where}[{j}]: expected exactly the keys rubric_id, dimension, rubric; got {item!r}")
+        if item["dimension"] not in RUBRIC_DIMENSIONS:
+            raise RubricError(f"{where}[{j}].dimension is {item['dimension']!r}; use one of {list(RUBRIC_DIMENSIONS)}")
+        text = item["rubric"]
+        if not isinstance(text, str) or not text.strip():
+            raise RubricError(f"{where}[{j}].rubric must be a non-empty statement")
+        if text.strip().endswith("?"):
+            raise RubricError(f"{where}[{j}].rubric is a question ({text!r}); items are assertive statements")
+        if isinstance(item["rubric_id"], bool) or not isinstance(item["rubric_id"], (str, int)):
+            raise RubricError(f"{where}[{j}].rubric_id must be a string or integer, got {item['rubric_id']!r}")
+        if str(item["rubric_id"]) in ids:
+            raise RubricError(f"{where}[{j}].rubric_id {item['rubric_id']!r} is repeated; ids must be unique")
+        ids.add(str(item["rubric_id"]))
+    absent = [d for d in RUBRIC_DIMENSIONS if d not in {item["dimension"] for item in rubric}]
+    if absent:
+        raise RubricError(f"{where}: no item for dimension(s) {absent}; use all of {list(RUBRIC_DIMENSIONS)}")
+    return rubric
+
+
+def parse_rubric_reply(text: str, where: str = "reply") -> list[dict]:
+    """The validated rubric in an LLM reply (tolerates code fences and prose around the list)."""
+    match = _JSON_LIST.search(text or "")
+    if not match:
+        raise RubricError(f"{where}: no JSON list in the reply: {text[:200]!r}")
+    try:
+        rubric = json.loads(match.group(0))
+    except json.JSONDecodeError as e:
+        raise RubricError(f"{where}: the list is not valid JSON ({e.msg}): {text[:200]!r}") from None
+    return validate_rubric(rubric, where)
+
+
+def _answer_lines(sample: dict) -> str:
+    lines = []
+    for a in sample["answers"]:
+        when = f"{a['time']:g}s" if a.get("time") is not None else f"{a['start']:g}s-{a['end']:g}s"
+        lines.append(f"- [{when}] {a['text']}")
+    return "\n".join(lines)
+
+
+def request_body(sample: dict, model: str) -> dict:
+    user = USER_TEMPLATE.format(
+        task=sample["task"], question_time=float(sample["question_time"]), question=sample["question"],
+        answers=_answer_lines(sample),
+    )
+    return {
+        "model": model,
+        "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}],
+        "temperature": 0.2,
+        "max_tokens": 1024,
+    }
+
+
+class RubricWriter:
+    """Writes one sample's rubric through the endpoint; :meth:`write` returns it or raises RubricError."""
+
+    def __init__(self, endpoint: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
+                 max_retries: int = 5, backoff: float = 1.0, max_backoff: float = 60.0, invalid_retries: int = 2):
+        if not endpoint or not model:
+            raise ValueError("rubrics need --endpoint (e.g. http://localhost:8000/v1) and --model")
+        if max_retries < 0 or invalid_retries < 0 or timeout <= 0:
+            raise ValueError("max_retries and invalid_retries must be >= 0 and timeout > 0")
+        self.url = endpoint.rstrip("/") + "/chat/completions"
+        self.model, self.api_key_env, self.timeout = model, api_key_env, timeout
+        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+        self.invalid_retries = invalid_retries
+        self.calls_made = 0
+        self._lock = threading.Lock()
+
+    def headers(self) -> dict:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _post(self, client, body: dict) -> str:
+        """The reply's message content, retrying transient failures; RubricError when it gives up."""
+        import httpx
+
+        reason = "no attempt made"
+        for attempt in range(self.max_retries + 1):
+            with self._lock:
+                self.calls_made += 1
+            retry_after = None
+            try:
+                response = client.post(self.url, json=body)
+            except httpx.TimeoutException:
+                reason = f"timed out after {self.timeout}s"
+            except httpx.TransportError as e:
+                reason = f"connection error ({type(e).__name__}) to {self.url}"
+            else:
+                if response.status_code == 429 or response.status_code >= 500:
+                    reason = f"HTTP {response.status_code} from {self.url}"
+                    retry_after = response.headers.get("retry-after")
+                elif response.status_code >= 400:
+                    raise EndpointError(f"HTTP {response.status_code} from {self.url}: {response.text[:200]}")
+                else:
+                    try:
+                        return response.json()["choices"][0]["message"]["content"] or ""
+                    except (ValueError, KeyError, IndexError, TypeError) as e:
+                        reason = f"malformed API reply: {e}"
+            if attempt < self.max_retries:
+                delay = self.backoff * 2**attempt * (0.5 + random.random())
+                try:
+                    delay = max(delay, float(retry_after)) if retry_after else delay
+                except ValueError:
+                    pass
+                time.sleep(min(delay, self.max_backoff))
+        raise EndpointError(f"{reason} (after {self.max_retries + 1} attempts)")
+
+    def write(self, client, sample: dict) -> list[dict]:
+        body = request_body(sample, self.model)
+        error = None
+        for _ in range(self.invalid_retries + 1):
+            try:
+                return parse_rubric_reply(self._post(client, body), f"sample {sample['id']}")
+            except EndpointError:
+                raise
+            except RubricError as e:
+                error = e  # an invalid rubric: ask again (sampling at temperature 0.2 may differ)
+        raise error
+
+
+def done_ids(out: Path) -> set[str]:
+    """Ids already written to ``out`` (a truncated last line from a crash is ignored and redone)."""
+    ids = set()
+    if not out.is_file():
+        return ids
+    with out.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s:%d is not valid JSON (an interrupted write?); that sample is redone", out, lineno)
+                continue
+            ids.add(str(row["id"]))
+    return ids
+
+
+def write_rubrics(samples_path, out_path, writer: RubricWriter, *, concurrency: int = 8, progress: bool = True) -> dict:
+    """Fill the ``rubric`` of every RL sample in ``samples_path`` into ``out_path`` (append-only, resumable)."""
+    import httpx
+    from tqdm.auto import tqdm
+
+    from streampro.dataset_scripts.schema import iter_jsonl
+
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    out = Path(out_path)
+    samples, seen = [], {}
+    for lineno, sample in iter_jsonl(samples_path):
+        where = f"{samples_path}:{lineno}"
+        missing = [k for k in ("id", "task", "question", "question_time", "answers") if k not in sample]
+        if missing:
+            raise ValueError(f"{where}: RL sample lacks {missing}; make RL samples with `streampro data build rl`")
+        if str(sample["id"]) in seen:
+            raise ValueError(f"{where}: id {sample['id']!r} repeats line {seen[str(sample['id'])]}; ids must be unique")
+        seen[str(sample["id"])] = lineno
+        samples.append(sample)
+    finished = done_ids(out)
+    todo = [s for s in samples if str(s["id"]) not in finished]
+    stats = {"samples": len(samples), "already_done": len(samples) - len(todo), "written": 0, "failed": 0}
+    logger.info("rubrics: %d samples, %d already in %s, %d to write", len(samples), stats["already_done"], out, len(todo))
+    if not todo:
+        return stats
+    out.parent.mkdir(parents=True, exist_ok=True)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    with (
+        httpx.Client(headers=writer.headers(), timeout=writer.timeout, limits=limits) as client,
+        ThreadPoolExecutor(concurrency) as pool,
+        out.open("a", encoding="utf-8") as f,
+        tqdm(total=len(todo), desc="rubrics", disable=not progress) as bar,
+    ):
+        futures = {pool.submit(writer.write, client, s): s for s in todo}
+        try:
+            for future in as_completed(futures):
+                sample = futures[future]
+                try:
+                    rubric = future.result()
+                except RubricError as e:
+                    stats["failed"] += 1
+                    logger.warning("rubric for sample %s failed: %s", sample["id"], e)
+                else:
+                    f.write(json.dumps({**sample, "rubric": rubric}, ensure_ascii=False) + "\n")
+                    f.flush()  # finished work survives an interrupt
+                    stats["written"] += 1
+                bar.update()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return stats
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("rl_samples", help="RL samples JSONL (`streampro data build rl` or Synth's rl/{split}.jsonl).")
+    parser.add_argument("out", help="Output JSONL: the samples with `rubric` filled (appended; re-runs resume).")
+    parser.add_argument("--endpoint", required=True, help="OpenAI-compatible API root, e.g. http://localhost:8000/v1.")
+    parser.add_argument("--model", required=True, help="Model name the endpoint serves.")
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="Environment variable holding the API key.")
+    parser.add_argument("--concurrency", type=int, default=8, help="Requests in flight (default: 8).")
+    parser.add_argument("--timeout", type=float, default=120.0, help="Seconds per request (default: 120).")
+    parser.add_argument("--max-retries", type=int, default=5, help="Retries on timeouts, 429 and 5xx (default: 5).")
+    parser.add_argument("--invalid-retries", type=int, default=2, help="Re-asks after an invalid rubric (default: 2).")
+    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+
+
+def run(args) -> int:
+    writer = RubricWriter(
+        args.endpoint, args.model, api_key_env=args.api_key_env, timeout=args.timeout,
+        max_retries=args.max_retries, invalid_retries=args.invalid_retries,
+    )
+    stats = write_rubrics(args.rl_samples, args.out, writer, concurrency=args.concurrency, progress=not args.no_progress)
+    print(f"rubrics: {args.rl_samples} -> {args.out}\n" + "\n".join(f"  {k}: {v}" for k, v in stats.items()))
+    if stats["failed"]:
+        print(f"{stats['failed']} sample(s) failed (see the log); run the same command again to retry only them")
+        return 1
+    return 0
