@@ -286,6 +286,10 @@ def distributed_state() -> Distributed:
         return Distributed(0, 1, "cuda" if torch.cuda.is_available() else "cpu")
     from accelerate import PartialState
 
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    if torch.cuda.is_available() and local > torch.cuda.device_count():
+        raise RunError(f"{local} processes on a machine with {torch.cuda.device_count()} GPU(s); "
+                       "launch at most one process per GPU")
     # cpu=True lets accelerate run several CPU processes (gloo) when there is no GPU.
     state = PartialState(cpu=not torch.cuda.is_available())
     return Distributed(state.process_index, state.num_processes, str(state.device))
