@@ -136,7 +136,12 @@ class SpaceHandlers:
 
     def live_ask(self, question, state, threshold, max_new_tokens):
         """Queue a question for the next webcam frame; returns (chat, status, state, cleared box)."""
-        live = self._live(state, threshold, max_new_tokens)
+        self._require_model()
+        if state is None:
+            # The session is created by the first webcam frame; creating it here too would race
+            # with that frame and one of the two sessions (and the question) would be lost.
+            raise gr.Error("start the webcam first (press Record), then ask: the question goes into the next frame")
+        live = state
         try:
             live.ask(question)
         except ValueError as exc:
@@ -209,17 +214,18 @@ def build_demo(model_dir=None, limits: Limits | None = None) -> gr.Blocks:
             live_state = gr.State(None, time_to_live=LIVE_TIME_LIMIT_S * 2)
             with gr.Row():
                 with gr.Column(scale=2):
-                    webcam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam")
-                    live_question = gr.Textbox(label="Question", placeholder="Tell me when I raise my hand")
+                    webcam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam", elem_id="webcam")
+                    live_question = gr.Textbox(label="Question", placeholder="Tell me when I raise my hand",
+                                               elem_id="live-question")
                     with gr.Row():
-                        ask = gr.Button("Ask", variant="primary")
+                        ask = gr.Button("Ask", variant="primary", elem_id="live-ask")
                         reset = gr.Button("New session")
                     with gr.Accordion("Options (apply to a new session)", open=False):
                         live_threshold, live_tokens = _options("live-")
                 with gr.Column(scale=3):
-                    live_status = gr.Textbox(label="Status", interactive=False)
-                    live_chat = gr.Chatbot(label="Responses", height=380)
-                    live_plot = gr.Plot(label="p_response over time")
+                    live_status = gr.Textbox(label="Status", interactive=False, elem_id="live-status")
+                    live_chat = gr.Chatbot(label="Responses", height=380, elem_id="live-chat")
+                    live_plot = gr.Plot(label="p_response over time", elem_id="live-plot")
             webcam.stream(
                 live_step,
                 inputs=[webcam, live_state, live_threshold, live_tokens],

@@ -109,13 +109,18 @@ def test_reference_question_is_used_when_the_box_is_empty(tiny_dir, video):
 
 def test_live_handlers(tiny_dir):
     h = SpaceHandlers(tiny_dir)
-    chat, status, state, cleared = h.live_ask("Anything?", None, 0.0, 4)
-    assert cleared == "" and "frame at 1s" in status and chat == []
+    with pytest.raises(gr.Error, match="start the webcam first"):
+        h.live_ask("Anything?", None, 0.0, 4)
+    assert h.live_step(None, None, 0.0, 4)[3] is None  # no frame yet: no session
+    chat, plot, status, state = h.live_step(np.full((48, 64, 3), 90, np.uint8), None, 0.0, 4)
+    assert chat == [] and status.startswith("streaming · frame 1 · t = 1s · p_response —")
+    chat, status, state, cleared = h.live_ask("Anything?", state, 0.0, 4)
+    assert cleared == "" and "frame at 2s" in status and chat == []
     chat, plot, status, state = h.live_step(np.full((48, 64, 3), 90, np.uint8), state, 0.0, 4)
-    assert [m.metadata["title"] for m in chat] == ["asked at 1s", "◷ 1s"]
-    assert status.startswith("streaming · frame 1")
+    assert [m.metadata["title"] for m in chat] == ["asked at 2s", "◷ 2s"]
+    assert status.startswith("streaming · frame 2")
     chat, *_ = h.live_step(np.full((48, 64, 3), 90, np.uint8), state, 0.0, 4)
-    assert chat[-1].metadata["title"] == "◷ 2s"
+    assert chat[-1].metadata["title"] == "◷ 3s"
     with pytest.raises(gr.Error, match="question is empty"):
         h.live_ask("", state, 0.0, 4)
     assert h.live_reset()[3] is None

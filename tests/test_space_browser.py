@@ -1,9 +1,10 @@
 """End-to-end: the Space in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
 
-Uploads a generated video, asks a question, pastes a ground-truth reference, streams, and checks
-that timestamped responses, the p_response plot and the clip's StreamPro-F1 appear. The
-screenshot is saved under tmp_path; set STREAMPRO_SPACE_SCREENSHOT=PATH to also copy it there
-(docs/images/space.png was made that way).
+Upload mode: uploads a generated video, asks a question, pastes a ground-truth reference, streams,
+and checks that timestamped responses, the p_response plot and the clip's StreamPro-F1 appear.
+Webcam mode: Chromium's fake camera (a test pattern) streams frames; a question is asked and
+responses appear as the model decides. Screenshots go to tmp_path; set
+STREAMPRO_SPACE_SCREENSHOTS=DIR to also copy them there (docs/images/space*.png were made that way).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
     "--no-first-run", "--disable-component-update", "--disable-sync",
+    # A synthetic camera, granted without a prompt, for the webcam test.
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
 ]
 
 pytestmark = [
@@ -92,5 +95,45 @@ def test_upload_ask_and_see_timestamped_responses(served, tmp_path):
         finally:
             browser.close()
     assert shot[:8] == b"\x89PNG\r\n\x1a\n"
-    if os.environ.get("STREAMPRO_SPACE_SCREENSHOT"):
-        shutil.copy(tmp_path / "space.png", os.environ["STREAMPRO_SPACE_SCREENSHOT"])
+    keep_screenshot(tmp_path / "space.png")
+
+
+def keep_screenshot(path: Path) -> None:
+    if os.environ.get("STREAMPRO_SPACE_SCREENSHOTS"):
+        shutil.copy(path, Path(os.environ["STREAMPRO_SPACE_SCREENSHOTS"]) / path.name)
+
+
+def test_webcam_streams_and_answers_live(served, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000}, permissions=["camera"])
+            page = context.new_page()
+            page.goto(served)
+            page.get_by_role("tab", name="Webcam").click()
+            page.get_by_text("Options (apply to a new session)").click()
+            page.fill("#live-threshold input[type=number]", "0")  # the tiny model answers once asked
+            page.fill("#live-max-tokens input[type=number]", "8")
+            page.keyboard.press("Tab")
+            page.get_by_text("Click to Access Webcam").click()
+            page.get_by_role("button", name="capture photo").click()  # "Record": frames stream at 1 fps
+            status = page.locator("#live-status textarea")
+            expect(status).to_have_value(re.compile(r"^streaming · frame \d+"), timeout=30_000)
+            expect(page.locator("#live-chat")).not_to_contain_text("◷")  # silent before the question
+            page.fill("#live-question textarea", "Tell me when something moves")
+            page.click("#live-ask")
+            chat = page.locator("#live-chat")
+            expect(chat).to_contain_text("asked at", timeout=30_000)
+            expect(chat).to_contain_text(re.compile(r"◷ \d+s.*◷ \d+s", re.S), timeout=30_000)
+            text = chat.inner_text()
+            asked = int(re.search(r"asked at (\d+)s", text).group(1))
+            times = [int(t) for t in re.findall(r"◷ (\d+)s", text)]
+            # Responses start on the turn that carries the question and advance one turn per frame.
+            assert times[0] == asked and times == list(range(asked, asked + len(times)))
+            expect(page.locator("#live-plot img")).to_be_visible()
+            page.screenshot(path=str(tmp_path / "space-webcam.png"), full_page=True)
+        finally:
+            browser.close()
+    keep_screenshot(tmp_path / "space-webcam.png")
