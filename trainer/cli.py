@@ -14,6 +14,7 @@ import importlib
 # stage -> (module with main(argv) -> int, one-line help)
 STAGES: dict[str, tuple[str, str]] = {
     "sft": ("streampro.trainer.sft", "Supervised fine-tuning with the CB-Stream loss (METHOD §4)."),
+    "grpo": ("streampro.trainer.grpo", "GRPO over whole streaming trajectories with multi-grained rewards (METHOD §5)."),
 }
 
 

@@ -1,0 +1,185 @@
+"""StreamProGRPOTrainer on a tiny model (CPU): rollouts, masks, log-prob agreement, a 2-step run.
+
+The tiny model is random, so its first token of a turn would almost never be a decision token
+and every rollout of a group would get the same (zero) reward — no advantage, no update. The
+``biased`` fixture shifts the decision and end-of-turn logits up (one residual dimension made
+positive for text tokens, and the lm_head rows of those tokens reading it), so rollouts mix
+silence, responses and malformed turns and the rewards differ within a group.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from streampro.backbones import build_tiny_backbone
+from streampro.trainer.grpo import build_trainer
+from streampro.trainer.grpo_config import GRPOScriptArguments, StreamProGRPOConfig
+from streampro.video import encode_video
+
+SIZE = 56  # the tiny image processor's smallest side: 4 frame tokens per turn keeps every forward cheap
+DURATION = 6  # 6 turns at 1 fps per stream
+
+
+def bias_towards_decisions(model, processor, strength: float = 4.0) -> None:
+    """Make </Silence>, </Response> and <|im_end|> likely after every text token (see module docstring)."""
+    with torch.no_grad():
+        model.model.language_model.embed_tokens.weight[:, 0] += 0.05  # residual dim 0 mostly > 0 for text tokens
+        for t in (processor.silence_token_id, processor.response_token_id, processor.end_of_turn_id):
+            model.lm_head.weight[t, 0] = strength
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A tiny StreamPro checkpoint and 2 RL samples over 2 encoded 6-second videos."""
+    root = tmp_path_factory.mktemp("grpo")
+    tb = build_tiny_backbone("qwen2_5_vl", seed=0, streampro=True)
+    bias_towards_decisions(tb.model, tb.processor)
+    tb.model.save_pretrained(root / "model")
+    tb.processor.save_pretrained(root / "model")
+    (root / "videos").mkdir()
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(2):
+        colours = rng.integers(0, 255, size=(DURATION, 3), dtype=np.uint8)
+        frames = [np.broadcast_to(c, (SIZE, SIZE, 3)).copy() for c in colours]
+        encode_video(root / f"videos/v{i}.mp4", frames, fps=1)
+        samples.append({
+            "id": f"s{i}", "task": "OU" if i == 0 else "EU", "question": "Tell me when the colour changes.",
+            "question_time": 2.0, "video": f"videos/v{i}.mp4", "duration": float(DURATION), "fps": 1.0,
+            "system": None, "rubric": None,
+            "answers": [{"text": "it changed", "time": 4.0}] if i == 0 else [{"text": "it changed", "start": 3.0, "end": 5.0}],
+        })
+    (root / "rl.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    return root
+
+
+def make_trainer(root, tmp_path, **overrides):
+    from trl import ModelConfig
+
+    args = dict(
+        output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, gradient_checkpointing=False,
+        per_device_train_batch_size=4, gradient_accumulation_steps=1, num_generations=2, max_steps=2,
+        learning_rate=1e-2, optim="sgd", lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        max_grad_norm=0.0, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
+        dataloader_num_workers=0, frames_root=str(root), max_new_tokens=4, window_turns=8, max_frames_per_rollout=8,
+        rubric_judge="offline", turn_judge="lexical",
+    )
+    args.update(overrides)
+    script = GRPOScriptArguments(model=str(root / "model"), train_file=str(root / "rl.jsonl"))
+    return build_trainer(script, StreamProGRPOConfig(**args), ModelConfig())
+
+
+def spy_batches(trainer) -> list[dict]:
+    """Record every batch ``_generate_and_score_completions`` hands to TRL."""
+    seen = []
+    original = trainer._generate_and_score_completions
+
+    def spy(inputs):
+        out = original(inputs)
+        seen.append(out)
+        return out
+
+    trainer._generate_and_score_completions = spy
+    return seen
+
+
+def test_two_step_cpu_run_updates_policy_with_masked_frames(data, tmp_path):
+    trainer = make_trainer(data, tmp_path)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    batches = spy_batches(trainer)
+    trainer.train()
+    assert len(batches) == 2  # one generation per step (steps_per_generation = 1)
+
+    # Policy parameters moved (language model and lm_head at least).
+    after = dict(trainer.model.named_parameters())
+    moved = [n for n in before if not torch.equal(before[n], after[n].detach())]
+    assert any("lm_head" in n for n in moved) and any("language_model.layers" in n for n in moved)
+
+    # Frame tokens (and every other environment token) carry no loss: the loss mask is 0 on them.
+    image_id = trainer.processing_class.image_token_id
+    for batch in batches:
+        completion = batch["completion_ids"]
+        loss_mask = batch["completion_mask"] * batch["tool_mask"]
+        assert (completion == image_id).sum() == 6 * 4 * completion.size(0)  # 6 frames × 4 tokens per rollout
+        assert loss_mask[completion == image_id].sum() == 0
+        assert batch["prompt_mask"].sum() > 0 and loss_mask.sum() > 0
+        assert batch["num_items_in_batch"] == loss_mask.sum()
+        # mm_token_type_ids mark exactly the frame tokens of the full sequence.
+        full = torch.cat([batch["prompt_ids"], completion], dim=1)
+        assert torch.equal(batch["mm_token_type_ids"].bool(), full == image_id)
+
+    # Reward and advantage logs are finite; the rewards differed within groups at least once.
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    assert len(logs) == 2
+    for h in logs:
+        for key in ("reward", "reward_std", "loss", "rewards/format_reward/mean", "rewards/turn_f1_reward/mean",
+                    "rewards/rubric_reward/mean", "rollout/logp_diff_max"):
+            assert np.isfinite(h[key]), (key, h)
+        assert h["rollout/logp_diff_max"] < 1e-3  # the full forward reproduces the streaming loop's log-probs
+    assert any(h["frac_reward_zero_std"] < 1 for h in logs)
+    advantages = torch.cat([b["advantages"] for b in batches])
+    assert torch.isfinite(advantages).all() and advantages.abs().sum() > 0
+
+
+def test_policy_mask_is_exactly_the_generated_tokens(data, tmp_path):
+    trainer = make_trainer(data, tmp_path)
+    sample = trainer.train_dataset[0]
+    frames = trainer._load_frames(sample)
+    r = trainer.rollout(trainer.model, sample, frames)
+    ids, mask = torch.tensor(r.ids), torch.tensor(r.policy_mask, dtype=torch.bool)
+    assert ids[mask].tolist() == r.generated_ids
+    assert len(r.turns) == DURATION and [t["forced"] for t in r.turns] == [True, False, False, False, False, False]
+    # Forced silent turns before the question contribute no policy token; the silence turn's
+    # closing <|im_end|> is inserted by the loop, so it is an environment token.
+    proc = trainer.processing_class
+    policy_decisions = [t["decision"] for t in r.turns if not t["forced"]]
+    n_silent = policy_decisions.count("silence")
+    silence_positions = (ids == proc.silence_token_id) & mask
+    assert silence_positions.sum() >= n_silent
+    assert not mask[: r.prompt_len].any() and not mask[ids == proc.image_token_id].any()
+    assert len(r.sampled_logps) == mask.sum()
+
+
+def test_greedy_rollout_decisions_equal_generate_stream(data, tmp_path):
+    """Greedy mode with the inference decision rule reproduces generate_stream's decisions and texts."""
+    from streampro.dataset_scripts.frames import load_record_frames
+
+    trainer = make_trainer(data, tmp_path, rollout_do_sample=False, constrain_decision=True)
+    model, processor = trainer.model, trainer.processing_class
+    with torch.no_grad():  # let the greedy decision depend on the frame, so both decisions occur
+        noise = torch.randn(model.lm_head.weight.shape[1] - 1, generator=torch.Generator().manual_seed(0))
+        model.lm_head.weight[processor.response_token_id, 1:] += 2.0 * noise
+    decisions = []
+    for sample in trainer.train_dataset:
+        frames = load_record_frames({**sample, "num_turns": DURATION, "fps": 1.0}, data)
+        r = trainer.rollout(model, sample, frames)
+        events = list(model.generate_stream(frames, sample["question"], processor=processor,
+                                            question_time=sample["question_time"], max_new_tokens=4))
+        assert [t["decision"] for t in r.turns] == [e.decision for e in events]
+        assert [t["text"] for t in r.turns] == [e.text for e in events]
+        decisions += [e.decision for e in events if e.p_response is not None]
+    assert {"response", "silence"} <= set(decisions)
+    # Unconstrained greedy rollouts are deterministic too (two runs agree token for token).
+    free = make_trainer(data, tmp_path / "free", rollout_do_sample=False)
+    sample = free.train_dataset[0]
+    frames = free._load_frames(sample)
+    assert free.rollout(free.model, sample, frames).ids == free.rollout(free.model, sample, frames).ids
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="window_turns"):
+        StreamProGRPOConfig(output_dir="x", use_cpu=True, bf16=False, window_turns=10, max_frames_per_rollout=20,
+                            rubric_judge="offline")
+    with pytest.raises(ValueError, match="rubric_endpoint"):
+        StreamProGRPOConfig(output_dir="x", use_cpu=True, bf16=False)
+    with pytest.raises(ValueError, match="use_vllm"):
+        StreamProGRPOConfig(output_dir="x", use_cpu=True, bf16=False, rubric_judge="offline", use_vllm=True)
+    with pytest.raises(ValueError, match="reward weights"):
+        StreamProGRPOConfig(output_dir="x", use_cpu=True, bf16=False, rubric_judge="offline", format_weight=-1)
+    cfg = StreamProGRPOConfig(output_dir="x", use_cpu=True, bf16=False, rubric_judge="offline")
+    assert (cfg.temperature, cfg.num_generations, cfg.learning_rate) == (1.0, 8, 1e-6)
+    assert cfg.reward_weight_map == {"format": 0.1, "turn": 0.45, "traj": 0.45} and cfg.turn_tau == 8
