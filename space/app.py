@@ -18,7 +18,6 @@ import tempfile
 import time
 
 import gradio as gr
-
 from streampro.space.backend import (
     ALLOWED_FORMATS,
     SPACE_JUDGES,
@@ -33,6 +32,7 @@ from streampro.space.backend import (
     stream_video,
     timeline_image,
 )
+
 from streampro.video import VideoReadError
 
 logger = logging.getLogger(__name__)

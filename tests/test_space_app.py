@@ -17,7 +17,6 @@ import gradio as gr
 import numpy as np
 import pytest
 import yaml
-
 from streampro.space.app import SpaceHandlers, build_demo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +117,8 @@ def test_live_handlers(tiny_dir):
     assert cleared == "" and "frame at 2s" in status and chat == []
     chat, plot, status, state = h.live_step(np.full((48, 64, 3), 90, np.uint8), state, 0.0, 4)
     assert [m.metadata["title"] for m in chat] == ["asked at 2s", "◷ 2s"]
+    markers = {line.get_label(): line for line in plot.axes[0].get_lines()}["response"]
+    assert list(markers.get_xdata()) == [2.0]
     assert status.startswith("streaming · frame 2")
     chat, *_ = h.live_step(np.full((48, 64, 3), 90, np.uint8), state, 0.0, 4)
     assert chat[-1].metadata["title"] == "◷ 3s"
@@ -164,8 +165,9 @@ def test_client_sees_input_errors(served, video):
 
 
 def test_cli_registration_and_arguments(monkeypatch, tiny_dir):
-    from streampro import cli
     from streampro.space import cli as space_cli
+
+    from streampro import cli
 
     assert cli.COMMANDS["space"][0] == "streampro.space.cli"
     parser = argparse.ArgumentParser()
@@ -173,7 +175,7 @@ def test_cli_registration_and_arguments(monkeypatch, tiny_dir):
     args = parser.parse_args(["--model", str(tiny_dir), "--port", "7999"])
     assert (args.model, args.host, args.port, args.export) == (str(tiny_dir), "127.0.0.1", 7999, None)
     launched = {}
-    import streampro.space.app as app
+    from streampro.space import app
 
     monkeypatch.setattr(app, "launch", lambda model, host, port: launched.update(model=model, host=host, port=port))
     assert space_cli.run(args) == 0

@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-
 from streampro.space import backend
 from streampro.space.backend import Limits, LiveSession, StreamOptions, StreamView
 

@@ -35,8 +35,9 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from streampro.backbones import build_tiny_backbone
     from streampro.space.app import build_demo
+
+    from streampro.backbones import build_tiny_backbone
 
     d = tmp_path_factory.mktemp("tiny-streampro")
     # Tiny shapes from the engine's TINY_SIZES; 56*56..112*112 px frames → a few vision tokens per turn.
@@ -126,7 +127,7 @@ def test_webcam_streams_and_answers_live(served, tmp_path):
             page.click("#live-ask")
             chat = page.locator("#live-chat")
             expect(chat).to_contain_text("asked at", timeout=30_000)
-            expect(chat).to_contain_text(re.compile(r"◷ \d+s.*◷ \d+s", re.S), timeout=30_000)
+            expect(chat).to_contain_text(re.compile(r"◷ \d+s.*◷ \d+s", re.DOTALL), timeout=30_000)
             text = chat.inner_text()
             asked = int(re.search(r"asked at (\d+)s", text).group(1))
             times = [int(t) for t in re.findall(r"◷ (\d+)s", text)]
