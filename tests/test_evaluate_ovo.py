@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from streampro.evaluation import cli
+from streampro.modeling_streampro.processing_streampro import num_turns
 
 OVO = Path(__file__).resolve().parents[2] / "shared" / "data" / "annotations" / "ovo_bench_new.json"
 # The shortest item of each forward task (REC 16 s, SSR 56 s, CRR 70 s).
@@ -57,7 +58,7 @@ def test_ovo_forward_tasks_end_to_end(tmp_path):
     out = tmp_path / "run"
     rc = cli.main([str(a) for a in ["--model", ckpt, "--benchmark", bench, "--video-root", videos, "--out", out,
                                     "--judge", "contains", "--max-new-tokens", "1", "--no-progress",
-                                    "--plot-samples", "1"]])
+                                    "--plot-samples", "1", "--fps", "0.5"]])  # 0.5 fps: half the frames
     assert rc == 0
 
     report = json.loads((out / "report.json").read_text())
@@ -71,7 +72,8 @@ def test_ovo_forward_tasks_end_to_end(tmp_path):
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     refs = [json.loads(line) for line in bench.read_text().splitlines()]
     for rec, ref in zip(records, refs):
-        assert len(rec["events"]) == int(ref["duration"])  # the whole synthetic video was streamed
+        assert len(rec["events"]) == num_turns(ref["duration"], 0.5)  # the whole synthetic video was streamed
+        assert [e["t"] for e in rec["events"][:2]] == [2.0, 4.0]
     assert "| EU | PU | 2 |" in (out / "report.md").read_text()
 
     # The same predictions under the exact judge (the harness's scoring step, without re-streaming).
