@@ -41,10 +41,20 @@ def load_model(name: str, tiny_seed: int = 0, dtype: str | None = None):
             raise ValueError(f"model {name!r}: unknown tiny backbone; use one of {[f'tiny:{b}' for b in BACKBONES]}")
         tb = build_tiny_backbone(backbone, seed=tiny_seed, streampro=True)
         return tb.model, tb.processor
-    from streampro.loading import load_model_and_processor
+    from pathlib import Path
 
-    torch_dtype = None if dtype in (None, "auto") else getattr(torch, dtype)
-    return load_model_and_processor(name, device="cpu", dtype=torch_dtype or torch.float32)
+    from streampro.modeling_streampro.modeling_streampro import StreamProForConditionalGeneration
+    from streampro.modeling_streampro.processing_streampro import StreamProProcessor
+
+    if not (Path(name) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model {name!r} is not a checkpoint directory (no config.json); pass a StreamPro checkpoint "
+            "(`streampro convert-backbone BASE DIR`) or 'tiny:qwen2_5_vl' / 'tiny:qwen3_vl'"
+        )
+    # No device move here: Trainer places the model (and DeepSpeed ZeRO-3 partitions it at load time).
+    torch_dtype = torch.float32 if dtype in (None, "auto") else getattr(torch, dtype)
+    model = StreamProForConditionalGeneration.from_pretrained(name, dtype=torch_dtype)  # strict loading
+    return model, StreamProProcessor.from_pretrained(name, trust_remote_code=True)
 
 
 def lora_config(model_args, processor):
@@ -118,14 +128,19 @@ def build_trainer(script_args, training_args, model_args):
 
 
 def save_final(trainer, output_dir: str) -> None:
-    """Save a plain StreamPro checkpoint (LoRA merged) plus processor and remote code."""
+    """Save a plain StreamPro checkpoint plus processor and remote code (a LoRA run is merged first).
+
+    Full fine-tuning goes through ``trainer.save_model``, which gathers FSDP / ZeRO-3 shards and
+    saves the processor; a LoRA model is merged on each rank (single GPU / DDP) and saved by rank 0.
+    """
     from peft import PeftModel
 
-    model = trainer.model
-    if isinstance(model, PeftModel):
-        model = model.merge_and_unload()
+    if not isinstance(trainer.model, PeftModel):
+        trainer.save_model(output_dir)
+        return
+    merged = trainer.model.merge_and_unload()
     if trainer.accelerator.is_main_process:
-        trainer.accelerator.unwrap_model(model).save_pretrained(output_dir)
+        merged.save_pretrained(output_dir)
         trainer.processing_class.save_pretrained(output_dir)
     trainer.accelerator.wait_for_everyone()
 

@@ -129,6 +129,10 @@ class SFTScriptArguments:
     tiny_seed: int = field(default=0, metadata={"help": "Weight seed of a 'tiny:' model."})
 
     def __post_init__(self):
+        # An empty string on the command line (`--eval_file ""`) switches an optional path off.
+        for name in ("eval_file", "frames_root", "frame_cache_dir"):
+            if getattr(self, name) == "":
+                setattr(self, name, None)
         if self.train_file is None:
             raise ValueError("train_file is required: pass --train_file RECORDS.jsonl or set it in the recipe")
         if self.max_train_samples is not None and self.max_train_samples < 1:

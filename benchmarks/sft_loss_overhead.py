@@ -1,0 +1,137 @@
+"""Step-time overhead of the CB-Stream loss over plain cross-entropy in StreamProSFTTrainer.
+
+Run::
+
+    python benchmarks/sft_loss_overhead.py                 # CPU defaults (tiny model, 112 px, 24 turns, batch 4)
+    python benchmarks/sft_loss_overhead.py --text-hidden 256 --text-layers 4 --repeats 20
+
+Same process, same model and the same batches for both losses; each repeat times one training
+step (fused forward + loss + per-step metrics + backward + optimizer step) per batch for
+``cb_stream`` and ``ce``, alternating which goes first, after warm-up steps. Reports medians; the
+last line of the output is one JSON object with ``cb_over_ce_step_time`` (target <= 1.03).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+
+logger = logging.getLogger("sft_loss_overhead")
+
+
+def synthetic_batches(processor, n_batches: int, batch_size: int, turns: int, size: int, seed: int):
+    """Padded batches of streams over random solid-colour frames (no video decoding in the timed loop)."""
+    import numpy as np
+
+    from streampro.dataset_scripts.collator import StreamingSFTCollator
+
+    rng = np.random.default_rng(seed)
+    collator = StreamingSFTCollator(processor)
+    batches = []
+    for _ in range(n_batches):
+        encodings = []
+        for _ in range(batch_size):
+            frames = [np.full((size, size, 3), rng.integers(0, 255, size=3), dtype=np.uint8) for _ in range(turns)]
+            q = int(rng.integers(0, turns // 2))
+            answers = sorted(rng.choice(np.arange(q, turns), size=2, replace=False).tolist())
+            record = {
+                "id": "bench", "num_turns": turns, "fps": 1.0, "system": None,
+                "questions": [{"turn": q, "text": "Tell me when the screen changes colour."}],
+                "responses": [{"turn": k, "text": "the red square turned blue"} for k in answers],
+            }
+            encodings.append(collator.encode(record, frames=frames))
+        batches.append(collator.pad(encodings))
+    return collator, batches
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl"])
+    parser.add_argument("--text-hidden", type=int, default=128)
+    parser.add_argument("--text-layers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--turns", type=int, default=24)
+    parser.add_argument("--size", type=int, default=112, help="frame side in pixels")
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import torch
+    from datasets import Dataset
+
+    from streampro.backbones import build_tiny_backbone
+    from streampro.trainer.sft_config import StreamProSFTConfig
+    from streampro.trainer.sft_trainer import StreamProSFTTrainer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tb = build_tiny_backbone(
+        args.backbone, seed=0, streampro=True, max_pixels=args.size * args.size,
+        text_hidden=args.text_hidden, text_layers=args.text_layers,
+    )
+    collator, batches = synthetic_batches(tb.processor, args.batches, args.batch_size, args.turns, args.size, seed=0)
+    with tempfile.TemporaryDirectory() as out:
+        config = StreamProSFTConfig(
+            output_dir=out, use_cpu=device == "cpu", bf16=False, gradient_checkpointing=False, report_to="none",
+            freeze_vision=False, disable_tqdm=True,
+        )
+        trainer = StreamProSFTTrainer(
+            model=tb.model, args=config, data_collator=collator, train_dataset=Dataset.from_list([{"id": "x"}]),
+            processing_class=tb.processor,
+        )
+        model = trainer.model.to(device).train()
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+        batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+
+        def step(loss_type: str, batch: dict) -> float:
+            trainer.args.loss_type = loss_type
+            n_items = (batch["labels"][:, 1:] != -100).sum()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=n_items)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+        for _ in range(args.warmup):
+            for batch in batches:
+                step("cb_stream", batch)
+                step("ce", batch)
+        times: dict[str, list[float]] = {"cb_stream": [], "ce": []}
+        for r in range(args.repeats):
+            order = ("cb_stream", "ce") if r % 2 == 0 else ("ce", "cb_stream")
+            for batch in batches:
+                for loss_type in order:
+                    times[loss_type].append(step(loss_type, batch))
+            logger.info("repeat %d/%d: cb %.4fs ce %.4fs (medians so far)", r + 1, args.repeats,
+                        statistics.median(times["cb_stream"]), statistics.median(times["ce"]))
+    cb, ce = statistics.median(times["cb_stream"]), statistics.median(times["ce"])
+    result = {
+        "cb_over_ce_step_time": round(cb / ce, 4),
+        "cb_stream_step_s": round(cb, 5),
+        "ce_step_s": round(ce, 5),
+        "steps_per_loss": len(times["ce"]),
+        "device": device,
+        "backbone": args.backbone,
+        "text_hidden": args.text_hidden,
+        "text_layers": args.text_layers,
+        "batch_size": args.batch_size,
+        "turns": args.turns,
+        "tokens_per_batch": int(batches[0]["attention_mask"].sum()),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
