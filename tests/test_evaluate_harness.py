@@ -181,9 +181,12 @@ def test_kill_9_and_resume_gives_the_uninterrupted_result(checkpoint, short_benc
             if predictions.exists() and predictions.read_bytes().count(b"\n") >= 2:
                 break
             time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
+        exited_by_itself = proc.poll() is not None
+        if not exited_by_itself:
+            os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
+    assert not exited_by_itself, f"the run ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
     done_at_kill = predictions.read_bytes().count(b"\n")
     assert 2 <= done_at_kill < 8, f"the run was killed after {done_at_kill} of 8 samples; it must be mid-run"
     # A write cut short by the kill: the restart must cut it off, not keep or duplicate it.
