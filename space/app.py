@@ -67,7 +67,7 @@ class SpaceHandlers:
             self.model, self.processor = load_model(model_dir)
         except (FileNotFoundError, OSError, ValueError) as exc:
             # The page still opens and says what to fix; every run raises the same message.
-            self.load_error = f"No model loaded: {exc}"
+            self.load_error = f"No model loaded: {exc}. Or set STREAMPRO_MODEL to a checkpoint directory or Hub repo id."
             logger.error(self.load_error)
 
     def _require_model(self):
@@ -167,7 +167,8 @@ def build_demo(model_dir=None, limits: Limits | None = None) -> gr.Blocks:
     h = SpaceHandlers(model_dir, limits)
     run_video = gpu(h.run_video, duration=120)
     live_step = gpu(h.live_step, duration=20)
-    with gr.Blocks(title="StreamPro") as demo:
+    # No usage telemetry: the app must run offline (tests, air-gapped machines) without outbound calls.
+    with gr.Blocks(title="StreamPro", analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
         if h.load_error:
             gr.Markdown(f"### ⚠️ {h.load_error}", elem_id="load-error")
