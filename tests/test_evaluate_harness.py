@@ -172,8 +172,9 @@ def reference_run(checkpoint, short_bench, tmp_path_factory) -> Path:
 def test_kill_9_and_resume_gives_the_uninterrupted_result(checkpoint, short_bench, reference_run, tmp_path):
     out = tmp_path / "run"
     args = ["--model", checkpoint, "--benchmark", short_bench, "--video-root", short_bench.parent, "--out", out, *FAST]
+    log = (tmp_path / "stderr.log").open("wb")  # a file, not a pipe: a full pipe would block the run
     proc = subprocess.Popen([sys.executable, "-m", "streampro.evaluation.cli", *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=log)
     predictions = out / "predictions.jsonl"
     deadline = time.monotonic() + 120
     try:
@@ -186,7 +187,8 @@ def test_kill_9_and_resume_gives_the_uninterrupted_result(checkpoint, short_benc
             os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    assert not exited_by_itself, f"the run ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
+        log.close()
+    assert not exited_by_itself, f"the run ended before it was killed: {(tmp_path / 'stderr.log').read_text()[-2000:]}"
     done_at_kill = predictions.read_bytes().count(b"\n")
     assert 2 <= done_at_kill < 8, f"the run was killed after {done_at_kill} of 8 samples; it must be mid-run"
     # A write cut short by the kill: the restart must cut it off, not keep or duplicate it.
