@@ -34,7 +34,7 @@ def write_bench(root: Path, n: int = 5) -> Path:
 
 def run_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "streampro.evaluation.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+                          check=False, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow

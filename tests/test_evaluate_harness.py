@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from streampro.modeling_streampro.processing_streampro import num_turns
 
 from streampro.evaluation import cli
 from streampro.evaluation.harness import RunError, merge_predictions, read_records
-from streampro.modeling_streampro.processing_streampro import num_turns
 
 # Answers of at most 3 tokens keep a random tiny model fast (it responds on about half the frames).
 FAST = ["--max-new-tokens", "3", "--no-progress", "--plot-samples", "2"]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from streampro.modeling_streampro.processing_streampro import num_turns
 
 from streampro.evaluation import cli
-from streampro.modeling_streampro.processing_streampro import num_turns
 
 OVO = Path(__file__).resolve().parents[2] / "shared" / "data" / "annotations" / "ovo_bench_new.json"
 # The shortest item of each forward task (REC 16 s, SSR 56 s, CRR 70 s).
@@ -30,9 +30,10 @@ def latest_time(item: dict) -> float:
 
 @pytest.mark.skipif(not OVO.is_file(), reason=f"{OVO} is not available")
 def test_ovo_forward_tasks_end_to_end(tmp_path):
-    from streampro.backbones import build_tiny_backbone
     from streampro.dataset_scripts.builders import build
     from streampro.dataset_scripts.converters import convert
+
+    from streampro.backbones import build_tiny_backbone
     from streampro.video import encode_video
 
     items = json.loads(OVO.read_text())
@@ -78,6 +79,7 @@ def test_ovo_forward_tasks_end_to_end(tmp_path):
 
     # The same predictions under the exact judge (the harness's scoring step, without re-streaming).
     from streampro.metrics import make_judge
+
     from streampro.evaluation.report import score_run
 
     exact = score_run(records, refs, make_judge("exact"))

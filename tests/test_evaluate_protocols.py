@@ -7,6 +7,7 @@ with ``AutoModelForImageTextToText`` and :class:`BaselineProcessor` (no torchvis
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def test_decision_tree_run_on_a_base_checkpoint(backbone, tmp_path):
         assert any(e["d"] != "wait" for e in asked)  # the threshold made it answer at least once
         assert [p["time"] for p in rec["predictions"]] == [e["t"] for e in rec["events"] if e["d"] == "response"]
         texts = [p["text"] for p in rec["predictions"]]
-        assert all(a != b for a, b in zip(texts, texts[1:])) and all(texts)  # only changed, non-empty answers
+        assert all(a != b for a, b in itertools.pairwise(texts)) and all(texts)  # only changed, non-empty answers
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["protocol"] == "decision-tree" and report["config"]["window_turns"] == 2
     assert report["results"]["num_samples"] == 2 and "OU_f1" in report["results"]

@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         if args.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             cmd = launch_argv(args)
             logger.info("launching %d processes: %s", args.num_processes, " ".join(cmd))
-            return subprocess.run(cmd).returncode
+            return subprocess.run(cmd, check=False).returncode
         config = build_config(args)
         judge = build_judge(args)
         references = read_benchmark(args.benchmark, args.limit)

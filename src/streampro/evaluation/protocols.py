@@ -133,7 +133,7 @@ class BaselineProcessor:
         self.end_of_turn_id = vocab[END_OF_TURN]
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path) -> "BaselineProcessor":
+    def from_pretrained(cls, model_dir: str | Path) -> BaselineProcessor:
         from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
 
         model_dir = Path(model_dir)

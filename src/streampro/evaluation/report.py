@@ -75,9 +75,11 @@ def format_markdown(report: dict, config: dict) -> str:
                   + " |"]
     lines += [
         "",
-        f"Samples scored: {results['num_samples']}; errored (excluded from the averages): {results['num_errors']}; "
-        f"excluded because the judge failed: {results['excluded_samples']}; TG parse failures: "
-        f"{results['parse_failures']}.",
+        (
+            f"Samples scored: {results['num_samples']}; errored (excluded from the averages): "
+            f"{results['num_errors']}; excluded because the judge failed: {results['excluded_samples']}; "
+            f"TG parse failures: {results['parse_failures']}."
+        ),
     ]
     if report["errors"]["count"]:
         lines += ["", "## Errors", "", "| id | task | kind | message |", "|---|---|---|---|"]
