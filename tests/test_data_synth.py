@@ -52,11 +52,6 @@ def test_same_seed_gives_identical_labels_and_cards(synth_dir, synth_again, tmp_
     assert other["raw/train.jsonl"] != first["raw/train.jsonl"]
 
 
-@pytest.mark.xfail(
-    reason="streampro.video.encode_video lets libx264 pick its thread count, and multi-threaded x264 "
-    "gives different bytes for ~1-2 % of clips between runs; fix there: stream.options 'threads': '1'",
-    strict=False,
-)
 def test_same_seed_gives_identical_videos(synth_dir, synth_again):
     first, second = _files(synth_dir), _files(synth_again)
     differing = [name for name in first if name.startswith("videos/") and first[name] != second[name]]

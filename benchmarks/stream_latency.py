@@ -1,0 +1,155 @@
+"""Streaming latency: KV-cache `generate_stream` vs the naive loop that re-encodes the window every frame.
+
+Both run in this process on the same model, frames and window, so the ratio is robust to a
+noisy machine. Per-frame cost is reported as the mean over one eviction period ending at each
+checkpoint frame, so the periodic re-prefill of the kept window is included (amortised), not
+hidden by a median. The last line is one JSON object.
+
+    python benchmarks/stream_latency.py --quick            # < 1 min on a 2-core CPU
+    python benchmarks/stream_latency.py                    # 2,000+ frames, tiny model
+    python benchmarks/stream_latency.py --preset 3b --device cuda --max-pixels 200704   # GPU, 3B-shaped, 448 px
+
+Metrics: ms/frame at frames 50, 200, 1000, 2000 (ours), naive ms/frame at a full window,
+``speedup_vs_reencode`` (naive ÷ ours, both at a full window), ``flatness`` (ours at the last
+checkpoint ÷ at frame 50), ``peak_cache_tokens``, process RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+# A Qwen2.5-VL-3B-shaped config (random weights; the vocabulary stays the tiny tokenizer's).
+PRESETS = {
+    "tiny": {},
+    "3b": dict(
+        text_hidden=2048,
+        text_layers=36,
+        text_heads=16,
+        text_kv_heads=2,
+        text_intermediate=11008,
+        vision_hidden=1280,
+        vision_depth=32,
+        vision_heads=16,
+        vision_intermediate=3420,
+    ),
+}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed(events):
+    """Per-frame wall time (ms) and context sizes of an event iterator."""
+    times, contexts = [], []
+    start = time.perf_counter()
+    for ev in events:
+        now = time.perf_counter()
+        times.append(1000 * (now - start))
+        contexts.append(ev.context_tokens)
+        start = now
+    return times, contexts
+
+
+def window_mean(times: list[float], frame: int, span: int) -> float:
+    lo = max(0, frame - span)
+    return statistics.fmean(times[lo:frame])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="600 frames, short naive run (< 1 min on CPU)")
+    parser.add_argument("--frames", type=int, default=2050)
+    parser.add_argument("--window-turns", type=int, default=200)
+    parser.add_argument("--evict-turns", type=int, default=None, help="default: the engine's (window // 4)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--backbone", choices=["qwen2_5_vl", "qwen3_vl"], default="qwen2_5_vl")
+    parser.add_argument("--max-pixels", type=int, default=112 * 112, help="frame size cap (448 px = 200704)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--naive-frames", type=int, default=None, help="frames to time the naive loop on")
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from streampro.backbones import build_tiny_backbone
+    from streampro.naive_stream import naive_generate_stream
+
+    if args.quick:
+        args.frames = min(args.frames, 600)
+    torch.manual_seed(0)
+    side = int(args.max_pixels**0.5)
+    tb = build_tiny_backbone(args.backbone, streampro=True, max_pixels=args.max_pixels, min_pixels=min(3136, args.max_pixels),
+                             **PRESETS[args.preset])
+    model = tb.model.to(device=args.device, dtype=getattr(torch, args.dtype))
+    rng = np.random.default_rng(0)
+    palette = [Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)) for _ in range(16)]
+    frames = [palette[i % len(palette)] for i in range(args.frames)]
+    question = "Tell me when the red square turns blue."
+    evict = args.evict_turns or max(1, args.window_turns // 4)
+    # Never respond: this measures frame ingestion (prefill + decision), the steady-state cost.
+    common = dict(processor=tb.processor, question_time=0.0, response_threshold=1.0, max_new_tokens=8)
+
+    rss_before = rss_mb()
+    with torch.no_grad():
+        ours, contexts = timed(model.generate_stream(frames, question, window_turns=args.window_turns,
+                                                     evict_turns=evict, **common))
+    checkpoints = [f for f in (50, 200, 1000, 2000) if f <= len(ours)]
+    if len(ours) not in checkpoints:
+        checkpoints.append(len(ours))
+    ours_ms = {f: window_mean(ours, f, evict) for f in checkpoints}
+
+    # Naive: cost per frame is constant once the window is full, so time a stretch just past it.
+    naive_total = args.naive_frames or (args.window_turns + (10 if args.quick else 30))
+    naive_frames = frames[:naive_total]
+    with torch.no_grad():
+        naive, _ = timed(naive_generate_stream(model, tb.processor, naive_frames, question,
+                                               window_turns=args.window_turns, question_time=0.0,
+                                               response_threshold=1.0, max_new_tokens=8))
+    full_window = naive[args.window_turns:] or naive[-10:]
+    naive_ms = statistics.fmean(full_window)
+    ours_full = statistics.fmean(ours[args.window_turns:]) if len(ours) > args.window_turns else ours_ms[checkpoints[-1]]
+
+    print(f"model: {args.preset} {args.backbone} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params), "
+          f"{side}px frames, {tb.processor.num_image_tokens(tb.processor.process_frames(frames[:1])['image_grid_thw'])[0]} "
+          f"tokens/frame, window {args.window_turns} turns, evict {evict}, device {args.device}")
+    for f in checkpoints:
+        print(f"  ours   ms/frame at frame {f:>5}: {ours_ms[f]:8.2f}  (mean over the {evict} frames before it)")
+    print(f"  ours   ms/frame over frames {args.window_turns}-{len(ours)} (full window): {ours_full:8.2f}")
+    print(f"  naive  ms/frame at a full window ({len(full_window)} frames timed): {naive_ms:8.2f}")
+    result = {
+        "preset": args.preset,
+        "backbone": args.backbone,
+        "device": args.device,
+        "frames": len(ours),
+        "window_turns": args.window_turns,
+        "evict_turns": evict,
+        "ms_per_frame": {str(f): round(v, 3) for f, v in ours_ms.items()},
+        "ms_per_frame_full_window": round(ours_full, 3),
+        "naive_ms_per_frame_full_window": round(naive_ms, 3),
+        "speedup_vs_reencode": round(naive_ms / ours_full, 2),
+        "flatness": round(ours_ms[checkpoints[-1]] / ours_ms[checkpoints[0]], 3),
+        "frames_per_second": round(1000 / ours_full, 1),
+        "peak_cache_tokens": max(contexts),
+        "cache_tokens_last_100": [min(contexts[-100:]), max(contexts[-100:])],
+        "rss_mb": round(rss_mb(), 1),
+        "rss_growth_mb": round(rss_mb() - rss_before, 1),
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    if args.device.startswith("cuda"):
+        result["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
