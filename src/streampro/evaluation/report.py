@@ -99,7 +99,10 @@ def plot_p_response(ref, events: list[dict], predictions, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 2.6))
     for g in ref.items:
         ax.axvspan(g.start - spec.before, g.end + spec.after, color="tab:blue", alpha=0.15)
-        ax.axvspan(g.start, max(g.end, g.start + 0.05), color="tab:blue", alpha=0.5)
+        if g.end > g.start:  # an event span
+            ax.axvspan(g.start, g.end, color="tab:blue", alpha=0.4)
+        else:  # a best response time t*
+            ax.axvline(g.start, color="tab:blue", linewidth=2.5)
     points = [(e["t"], e["p"]) for e in events if e["p"] is not None]
     if points:
         ax.plot([t for t, _ in points], [p for _, p in points], marker=".", color="tab:purple", label="p_response")
@@ -107,6 +110,7 @@ def plot_p_response(ref, events: list[dict], predictions, path: Path) -> Path:
         ax.axvline(p.time, color="tab:green", linewidth=1.2, alpha=0.8)
     ax.axvline(ref.question_time, color="black", linestyle="--", linewidth=0.8, label="question")
     ax.plot([], [], color="tab:green", label="response")
+    ax.fill_between([], [], color="tab:blue", alpha=0.15, label="ground-truth window")
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("p_response")
