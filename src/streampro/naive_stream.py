@@ -17,14 +17,22 @@ from streampro.modeling_streampro.processing_streampro import turn_index_for_tim
 
 @torch.no_grad()
 def naive_generate_stream(model, processor, frames, question: str, *, question_time=0.0, fps=1.0,
-                          window_turns=200, max_new_tokens=64, response_threshold=None):
+                          window_turns=200, max_new_tokens=64, response_threshold=None, start_turn=0):
+    """Yield one StreamEvent per frame from ``start_turn`` on.
+
+    ``start_turn`` > 0 treats earlier turns as silent without computing them (what a
+    never-responding run would have done), so a benchmark can time full-window frames
+    without paying for the ramp-up.
+    """
     frames = list(frames)
     q_turn = turn_index_for_time(question_time, fps)
     system = processor.encode_text(processor.system_text())
     history: list[tuple[int, list[int]]] = []  # (turn index, assistant ids incl. closing)
     silence, response = processor.silence_token_id, processor.response_token_id
     eot, newline = processor.end_of_turn_id, processor.newline_ids
-    for k in range(len(frames)):
+    for k in range(start_turn):
+        history.append((k, [silence, eot] + newline))
+    for k in range(start_turn, len(frames)):
         # The window: the question's turn (pinned) plus the most recent window_turns other turns.
         others = [t for t, _ in history if t != q_turn] + ([] if k == q_turn else [k])
         recent = others[len(others) - window_turns:] if len(others) > window_turns else others
