@@ -2,8 +2,9 @@
 
 A record is what ``streampro data build sft`` writes (``{id, task, video, duration, fps,
 num_turns, system, questions: [{turn, time, text}], responses: [{turn, time, text}]}``). Frames
-are decoded lazily here, at training time (one frame per turn at the record's fps), optionally
-through an on-disk frame cache, and the label logic is the processor's own
+are decoded lazily here, at training time (one frame per turn at the record's fps, through
+:func:`~streampro.dataset_scripts.frames.load_record_frames` and its optional on-disk cache), and
+the label logic is the processor's own
 :meth:`~streampro.modeling_streampro.processing_streampro.StreamProProcessor.encode_conversation`,
 so training sees exactly the token layout the streaming loop produces.
 
@@ -14,12 +15,10 @@ padding), ``mm_token_type_ids`` (B, L), ``pixel_values`` (sum of patches over th
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ class StreamingSFTCollator:
     """Collate SFT records into right-padded model inputs with SFT labels.
 
     ``frames_root`` is the directory the records' ``video`` paths are relative to (absolute paths
-    are used as they are); ``frame_cache_dir`` keeps decoded frames as ``.npy`` files so later
+    are used as they are); ``frame_cache_dir`` keeps decoded frames on disk (``.npz``) so later
     epochs skip video decoding; ``max_pixels`` downscales frames before the image processor.
     """
 
@@ -76,46 +75,18 @@ class StreamingSFTCollator:
         self.pad_token_id = pad if pad is not None else processor.end_of_turn_id
 
     # ---- frames ------------------------------------------------------------------------
-    def video_path(self, record: dict) -> Path:
-        if "video" not in record or not record["video"]:
+    def load_frames(self, record: dict) -> list:
+        """One RGB frame per turn of ``record`` (decoded at the record's fps, through the frame cache)."""
+        from streampro.dataset_scripts.frames import load_record_frames
+
+        if not record.get("video"):
             raise RecordError(f"{_record_name(record)} has no 'video' path")
-        path = Path(record["video"])
-        if not path.is_absolute():
-            if self.frames_root is None:
-                raise RecordError(
-                    f"{_record_name(record)}: video {str(path)!r} is relative; pass frames_root "
-                    "(the dataset directory the paths are relative to)"
-                )
-            path = self.frames_root / path
-        if not path.exists():
-            raise RecordError(f"{_record_name(record)}: video {path} does not exist (check frames_root)")
-        return path
-
-    def _cache_file(self, path: Path, fps: float, n: int) -> Path:
-        key = f"{path.resolve()}|{path.stat().st_mtime_ns}|{fps}|{n}|{self.max_pixels}"
-        return self.frame_cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
-
-    def load_frames(self, record: dict) -> list[np.ndarray]:
-        """One HxWx3 uint8 frame per turn of ``record`` (decoded at the record's fps)."""
-        from streampro.video import iter_video_frames
-
-        path = self.video_path(record)
-        fps, n = float(record.get("fps", 1.0)), int(record["num_turns"])
-        cache = self._cache_file(path, fps, n) if self.frame_cache_dir is not None else None
-        if cache is not None and cache.exists():
-            return list(np.load(cache))
-        frames = [np.asarray(img) for _, img in iter_video_frames(path, fps, max_frames=n, max_pixels=self.max_pixels)]
-        if len(frames) != n:
+        if self.frames_root is None and not Path(record["video"]).is_absolute():
             raise RecordError(
-                f"{_record_name(record)}: video {path} gives {len(frames)} frames at {fps} fps but the record "
-                f"has num_turns={n}; rebuild the record from this video"
+                f"{_record_name(record)}: video {record['video']!r} is relative; pass frames_root "
+                "(the dataset directory the paths are relative to)"
             )
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npy")
-            np.save(tmp, np.stack(frames))
-            os.replace(tmp, cache)  # atomic: concurrent workers never read a half-written file
-        return frames
+        return load_record_frames(record, self.frames_root, self.frame_cache_dir, self.max_pixels)
 
     # ---- encoding ----------------------------------------------------------------------
     def encode(self, record: dict, frames=None):

@@ -9,7 +9,7 @@ import torch
 from streampro.backbones import build_tiny_backbone
 from streampro.dataset_scripts.collator import RecordError, StreamingSFTCollator
 from streampro.modeling_streampro.processing_streampro import RESPONSE_TOKEN, SILENCE_TOKEN, turn_time
-from streampro.video import encode_video
+from streampro.video import VideoReadError, encode_video
 
 BACKBONES = ("qwen2_5_vl", "qwen3_vl")
 SIZE = 56  # 56 px frames: the tiny image processor's min_pixels, so a handful of image tokens per frame
@@ -106,7 +106,7 @@ def test_frame_cache_round_trip(tiny, tmp_path):
     cache = tmp_path / "cache"
     collate = StreamingSFTCollator(tiny.processor, frames_root=tmp_path, frame_cache_dir=cache)
     first = collate(records)
-    assert len(list(cache.glob("*.npy"))) == 1
+    assert len(list(cache.glob("*.npz"))) == 1
     second = collate(records)  # read from the cache
     for k in first:
         assert torch.equal(first[k], second[k]), k
@@ -115,11 +115,11 @@ def test_frame_cache_round_trip(tiny, tmp_path):
 def test_bad_records_raise_clear_errors(tiny, tmp_path):
     records = make_records(tmp_path, SPECS[:1])
     collate = StreamingSFTCollator(tiny.processor, frames_root=tmp_path)
-    with pytest.raises(RecordError, match="does not exist"):
+    with pytest.raises(VideoReadError, match="missing.mp4 not found"):
         collate([{**records[0], "video": "videos/missing.mp4"}])
     with pytest.raises(RecordError, match="relative; pass frames_root"):
         StreamingSFTCollator(tiny.processor)(records)
-    with pytest.raises(RecordError, match="num_turns=9"):
+    with pytest.raises(VideoReadError, match="gives 5 frames at 1 fps but the record has 9 turns"):
         collate([{**records[0], "num_turns": 9}])
     early = {**records[0], "responses": [{"turn": 0, "time": 1.0, "text": "too early"}]}
     with pytest.raises(RecordError, match="clip0.*before the first question"):

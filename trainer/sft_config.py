@@ -118,7 +118,7 @@ class SFTScriptArguments:
         metadata={"help": "Directory the records' relative `video` paths are relative to (Synth: its --out dir)."},
     )
     frame_cache_dir: str | None = field(
-        default=None, metadata={"help": "Optional directory for decoded-frame .npy caches (skips decoding next epoch)."}
+        default=None, metadata={"help": "Optional directory for decoded-frame .npz caches (skips decoding next epoch)."}
     )
     max_pixels: int | None = field(
         default=None, metadata={"help": "Downscale frames to at most this many pixels before the image processor."}

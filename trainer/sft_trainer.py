@@ -108,13 +108,18 @@ class StreamProSFTTrainer(SFTTrainer):
     """
 
     def __init__(self, model, args=None, *pargs, **kwargs):
-        if args is None or not hasattr(args, "cb_beta"):
-            raise TypeError("StreamProSFTTrainer needs args=StreamProSFTConfig(...)")
+        from streampro.trainer.sft_config import StreamProSFTConfig
+
+        if not isinstance(args, StreamProSFTConfig):
+            raise TypeError(f"StreamProSFTTrainer needs args=StreamProSFTConfig(...), got {type(args).__name__}")
+        if isinstance(model, str):
+            raise TypeError("pass a loaded model (see streampro.trainer.sft.load_model), not a name: "
+                            "StreamPro checkpoints load through their own class")
         processor = kwargs.get("processing_class")
         if processor is None or not hasattr(processor, "silence_token_id"):
             raise TypeError("StreamProSFTTrainer needs processing_class=StreamProProcessor (it names the decision tokens)")
         self.decision_ids = (processor.silence_token_id, processor.response_token_id)
-        if args.freeze_vision and not isinstance(model, str):
+        if args.freeze_vision:
             logger.info("froze %d vision-tower tensors (projector stays trainable)", freeze_vision_tower(model))
         # SFTTrainer.__init__ checks `loss_type` against its own names ('nll', 'dft'); ours replace them.
         stream_loss = args.loss_type
