@@ -73,22 +73,32 @@ def validate_rubric(rubric, where: str = "rubric") -> list[dict]:
     Returns it unchanged; raises :class:`RubricError` naming the item and field.
     """
     if not isinstance(rubric, list):
-        raise RubricError(f"{where}: expected a JSON list of {{rubric_id, dimension, rubric}}, got {type(rubric).__name__}")
+        raise RubricError(
+            f"{where}: expected a JSON list of {{rubric_id, dimension, rubric}}, got {type(rubric).__name__}"
+        )
     if not MIN_ITEMS <= len(rubric) <= MAX_ITEMS:
-        raise RubricError(f"{where}: has {len(rubric)} items; a rubric has {MIN_ITEMS}-{MAX_ITEMS} items (METHOD §5)")
+        raise RubricError(
+            f"{where}: has {len(rubric)} items; a rubric has {MIN_ITEMS}-{MAX_ITEMS} items (METHOD §5)"
+        )
     ids = set()
     for j, item in enumerate(rubric):
         if not isinstance(item, dict) or set(item) != {"rubric_id", "dimension", "rubric"}:
-            raise RubricError(f"{where}[{j}]: expected exactly the keys rubric_id, dimension, rubric; got {item!r}")
+            raise RubricError(
+                f"{where}[{j}]: expected exactly the keys rubric_id, dimension, rubric; got {item!r}"
+            )
         if item["dimension"] not in RUBRIC_DIMENSIONS:
-            raise RubricError(f"{where}[{j}].dimension is {item['dimension']!r}; use one of {list(RUBRIC_DIMENSIONS)}")
+            raise RubricError(
+                f"{where}[{j}].dimension is {item['dimension']!r}; use one of {list(RUBRIC_DIMENSIONS)}"
+            )
         text = item["rubric"]
         if not isinstance(text, str) or not text.strip():
             raise RubricError(f"{where}[{j}].rubric must be a non-empty statement")
         if text.strip().endswith("?"):
             raise RubricError(f"{where}[{j}].rubric is a question ({text!r}); items are assertive statements")
         if isinstance(item["rubric_id"], bool) or not isinstance(item["rubric_id"], (str, int)):
-            raise RubricError(f"{where}[{j}].rubric_id must be a string or integer, got {item['rubric_id']!r}")
+            raise RubricError(
+                f"{where}[{j}].rubric_id must be a string or integer, got {item['rubric_id']!r}"
+            )
         if str(item["rubric_id"]) in ids:
             raise RubricError(f"{where}[{j}].rubric_id {item['rubric_id']!r} is repeated; ids must be unique")
         ids.add(str(item["rubric_id"]))
@@ -120,7 +130,9 @@ def _answer_lines(sample: dict) -> str:
 
 def request_body(sample: dict, model: str) -> dict:
     user = USER_TEMPLATE.format(
-        task=sample["task"], question_time=float(sample["question_time"]), question=sample["question"],
+        task=sample["task"],
+        question_time=float(sample["question_time"]),
+        question=sample["question"],
         answers=_answer_lines(sample),
     )
     return {
@@ -134,8 +146,18 @@ def request_body(sample: dict, model: str) -> dict:
 class RubricWriter:
     """Writes one sample's rubric through the endpoint; :meth:`write` returns it or raises RubricError."""
 
-    def __init__(self, endpoint: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
-                 max_retries: int = 5, backoff: float = 1.0, max_backoff: float = 60.0, invalid_retries: int = 2):
+    def __init__(
+        self,
+        endpoint: str,
+        model: str,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 120.0,
+        max_retries: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        invalid_retries: int = 2,
+    ):
         if not endpoint or not model:
             raise ValueError("rubrics need --endpoint (e.g. http://localhost:8000/v1) and --model")
         if max_retries < 0 or invalid_retries < 0 or timeout <= 0:
@@ -214,18 +236,21 @@ def done_ids(out: Path) -> set[str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                logger.warning("%s:%d is not valid JSON (an interrupted write?); that sample is redone", out, lineno)
+                logger.warning(
+                    "%s:%d is not valid JSON (an interrupted write?); that sample is redone", out, lineno
+                )
                 continue
             ids.add(str(row["id"]))
     return ids
 
 
-def write_rubrics(samples_path, out_path, writer: RubricWriter, *, concurrency: int = 8, progress: bool = True) -> dict:
+def write_rubrics(
+    samples_path, out_path, writer: RubricWriter, *, concurrency: int = 8, progress: bool = True
+) -> dict:
     """Fill the ``rubric`` of every RL sample in ``samples_path`` into ``out_path`` (append-only, resumable)."""
     import httpx
-    from tqdm.auto import tqdm
-
     from streampro.dataset_scripts.schema import iter_jsonl
+    from tqdm.auto import tqdm
 
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -235,15 +260,25 @@ def write_rubrics(samples_path, out_path, writer: RubricWriter, *, concurrency: 
         where = f"{samples_path}:{lineno}"
         missing = [k for k in ("id", "task", "question", "question_time", "answers") if k not in sample]
         if missing:
-            raise ValueError(f"{where}: RL sample lacks {missing}; make RL samples with `streampro data build rl`")
+            raise ValueError(
+                f"{where}: RL sample lacks {missing}; make RL samples with `streampro data build rl`"
+            )
         if str(sample["id"]) in seen:
-            raise ValueError(f"{where}: id {sample['id']!r} repeats line {seen[str(sample['id'])]}; ids must be unique")
+            raise ValueError(
+                f"{where}: id {sample['id']!r} repeats line {seen[str(sample['id'])]}; ids must be unique"
+            )
         seen[str(sample["id"])] = lineno
         samples.append(sample)
     finished = done_ids(out)
     todo = [s for s in samples if str(s["id"]) not in finished]
     stats = {"samples": len(samples), "already_done": len(samples) - len(todo), "written": 0, "failed": 0}
-    logger.info("rubrics: %d samples, %d already in %s, %d to write", len(samples), stats["already_done"], out, len(todo))
+    logger.info(
+        "rubrics: %d samples, %d already in %s, %d to write",
+        len(samples),
+        stats["already_done"],
+        out,
+        len(todo),
+    )
     if not todo:
         return stats
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -275,26 +310,46 @@ def write_rubrics(samples_path, out_path, writer: RubricWriter, *, concurrency: 
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("rl_samples", help="RL samples JSONL (`streampro data build rl` or Synth's rl/{split}.jsonl).")
-    parser.add_argument("out", help="Output JSONL: the samples with `rubric` filled (appended; re-runs resume).")
-    parser.add_argument("--endpoint", required=True, help="OpenAI-compatible API root, e.g. http://localhost:8000/v1.")
+    parser.add_argument(
+        "rl_samples", help="RL samples JSONL (`streampro data build rl` or Synth's rl/{split}.jsonl)."
+    )
+    parser.add_argument(
+        "out", help="Output JSONL: the samples with `rubric` filled (appended; re-runs resume)."
+    )
+    parser.add_argument(
+        "--endpoint", required=True, help="OpenAI-compatible API root, e.g. http://localhost:8000/v1."
+    )
     parser.add_argument("--model", required=True, help="Model name the endpoint serves.")
-    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="Environment variable holding the API key.")
+    parser.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", help="Environment variable holding the API key."
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="Requests in flight (default: 8).")
     parser.add_argument("--timeout", type=float, default=120.0, help="Seconds per request (default: 120).")
-    parser.add_argument("--max-retries", type=int, default=5, help="Retries on timeouts, 429 and 5xx (default: 5).")
-    parser.add_argument("--invalid-retries", type=int, default=2, help="Re-asks after an invalid rubric (default: 2).")
+    parser.add_argument(
+        "--max-retries", type=int, default=5, help="Retries on timeouts, 429 and 5xx (default: 5)."
+    )
+    parser.add_argument(
+        "--invalid-retries", type=int, default=2, help="Re-asks after an invalid rubric (default: 2)."
+    )
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
 
 
 def run(args) -> int:
     writer = RubricWriter(
-        args.endpoint, args.model, api_key_env=args.api_key_env, timeout=args.timeout,
-        max_retries=args.max_retries, invalid_retries=args.invalid_retries,
+        args.endpoint,
+        args.model,
+        api_key_env=args.api_key_env,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+        invalid_retries=args.invalid_retries,
     )
-    stats = write_rubrics(args.rl_samples, args.out, writer, concurrency=args.concurrency, progress=not args.no_progress)
+    stats = write_rubrics(
+        args.rl_samples, args.out, writer, concurrency=args.concurrency, progress=not args.no_progress
+    )
     print(f"rubrics: {args.rl_samples} -> {args.out}\n" + "\n".join(f"  {k}: {v}" for k, v in stats.items()))
     if stats["failed"]:
-        print(f"{stats['failed']} sample(s) failed (see the log); run the same command again to retry only them")
+        print(
+            f"{stats['failed']} sample(s) failed (see the log); run the same command again to retry only them"
+        )
         return 1
     return 0

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 import trl
-from trl import GRPOTrainer
-
-from streampro.backbones import build_tiny_backbone
 from streampro.modeling_streampro.modeling_streampro import StreamSession
 from streampro.trainer.grpo import build_trainer
 from streampro.trainer.grpo_config import GRPOScriptArguments, StreamProGRPOConfig
+from trl import GRPOTrainer
+
+from streampro.backbones import build_tiny_backbone
 from streampro.video import encode_video
 
 PINNED = "1.16.0"
@@ -39,22 +39,47 @@ def test_trl_version_is_the_pinned_one():
 
 
 def test_private_hooks_keep_their_shape():
-    params = lambda f: list(inspect.signature(f).parameters)  # noqa: E731
+    params = lambda f: list(inspect.signature(f).parameters)
     assert params(GRPOTrainer._generate_and_score_completions) == ["self", "inputs"]
-    assert params(GRPOTrainer._calculate_rewards) == ["self", "inputs", "prompts", "completions", "completion_ids_list"]
+    assert params(GRPOTrainer._calculate_rewards) == [
+        "self",
+        "inputs",
+        "prompts",
+        "completions",
+        "completion_ids_list",
+    ]
     assert params(GRPOTrainer._compute_loss) == ["self", "model", "inputs"]
     logps = params(GRPOTrainer._get_per_token_logps_and_entropies)
-    for name in ("model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "pixel_values",
-                 "image_grid_thw", "num_images", "mm_token_type_ids"):
+    for name in (
+        "model",
+        "input_ids",
+        "attention_mask",
+        "logits_to_keep",
+        "batch_size",
+        "pixel_values",
+        "image_grid_thw",
+        "num_images",
+        "mm_token_type_ids",
+    ):
         assert name in logps
-    assert "self._generate_and_score_completions(generation_batch)" in inspect.getsource(GRPOTrainer._prepare_inputs)
+    assert "self._generate_and_score_completions(generation_batch)" in inspect.getsource(
+        GRPOTrainer._prepare_inputs
+    )
     loss_src = inspect.getsource(GRPOTrainer._compute_loss)
     assert re.search(r'completion_mask \* inputs\["tool_mask"\]', loss_src)
     assert params(StreamSession._pick) == ["self", "logits"]
     # Attributes the override reads from GRPOTrainer.__init__.
     init_src = inspect.getsource(GRPOTrainer.__init__)
-    for attr in ("self.reward_weights", "self.num_generations", "self.scale_rewards", "self._metrics", "self._logs",
-                 "self._pending_metrics", "self._pending_extra_logs", "self.reward_func_names"):
+    for attr in (
+        "self.reward_weights",
+        "self.num_generations",
+        "self.scale_rewards",
+        "self._metrics",
+        "self._logs",
+        "self._pending_metrics",
+        "self._pending_extra_logs",
+        "self.reward_func_names",
+    ):
         assert attr in init_src, attr
 
 
@@ -70,14 +95,36 @@ def trainer(tmp_path_factory):
     tb.processor.save_pretrained(root / "model")
     frames = [np.full((56, 56, 3), 40 * k, dtype=np.uint8) for k in range(4)]  # 56 px: 4 tokens per frame
     encode_video(root / "v.mp4", frames, fps=1)
-    sample = {"id": "s", "task": "OU", "question": "When does it get brighter?", "question_time": 1.0, "video": "v.mp4",
-              "duration": 4.0, "fps": 1.0, "system": None, "rubric": None, "answers": [{"text": "now", "time": 3.0}]}
+    sample = {
+        "id": "s",
+        "task": "OU",
+        "question": "When does it get brighter?",
+        "question_time": 1.0,
+        "video": "v.mp4",
+        "duration": 4.0,
+        "fps": 1.0,
+        "system": None,
+        "rubric": None,
+        "answers": [{"text": "now", "time": 3.0}],
+    }
     (root / "rl.jsonl").write_text(json.dumps(sample) + "\n")
     args = StreamProGRPOConfig(
-        output_dir=str(root / "out"), use_cpu=True, bf16=False, gradient_checkpointing=False,
-        per_device_train_batch_size=2, num_generations=2, max_steps=1, report_to="none", disable_tqdm=True,
-        frames_root=str(root), max_new_tokens=3, window_turns=4, max_frames_per_rollout=4, rubric_judge="offline",
-        save_strategy="no", seed=0,
+        output_dir=str(root / "out"),
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+        frames_root=str(root),
+        max_new_tokens=3,
+        window_turns=4,
+        max_frames_per_rollout=4,
+        rubric_judge="offline",
+        save_strategy="no",
+        seed=0,
     )
     script = GRPOScriptArguments(model=str(root / "model"), train_file=str(root / "rl.jsonl"))
     from trl import ModelConfig
@@ -90,8 +137,18 @@ def test_one_step_through_trl_honours_the_policy_mask(trainer):
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which this test bypasses
     batch = [dict(x) for x in trainer.train_dataset] * 2  # what TRL's RepeatSampler hands over: G copies
     inputs = trainer._prepare_inputs(batch)  # TRL: generate (our hook), split, buffer
-    for key in ("prompt_ids", "completion_ids", "completion_mask", "tool_mask", "advantages", "pixel_values",
-                "image_grid_thw", "mm_token_type_ids", "num_images", "num_items_in_batch"):
+    for key in (
+        "prompt_ids",
+        "completion_ids",
+        "completion_mask",
+        "tool_mask",
+        "advantages",
+        "pixel_values",
+        "image_grid_thw",
+        "mm_token_type_ids",
+        "num_images",
+        "num_items_in_batch",
+    ):
         assert key in inputs, key
     assert inputs["advantages"].shape == (2,)
     inputs["advantages"] = torch.tensor([1.0, -1.0])  # force a learning signal whatever the rewards were

@@ -24,9 +24,8 @@ PAPER_GPUS = 8
 
 
 def parse(path, *extra):
-    from trl import ModelConfig, TrlParser
-
     from streampro.trainer.grpo_config import GRPOScriptArguments, StreamProGRPOConfig
+    from trl import ModelConfig, TrlParser
 
     parser = TrlParser((GRPOScriptArguments, StreamProGRPOConfig, ModelConfig))
     return parser.parse_args_and_config(args=["--config", str(path), *extra])
@@ -39,7 +38,9 @@ def test_the_expected_recipes_exist():
 @pytest.mark.parametrize("path", GRPO_RECIPES, ids=lambda p: p.name)
 def test_recipe_parses_strictly(path):
     raw = yaml.safe_load(path.read_text())
-    overrides = ["--bf16", "false", "--use_cpu", "true"] if raw.get("bf16") and not torch.cuda.is_available() else []
+    overrides = (
+        ["--bf16", "false", "--use_cpu", "true"] if raw.get("bf16") and not torch.cuda.is_available() else []
+    )
     script, training, model = parse(path, *overrides)
     for key, value in raw.items():
         if key in ("bf16", "use_cpu") and overrides:
@@ -66,7 +67,10 @@ def test_paper_recipes_hold_the_paper_setup(name):
     assert raw["num_generations"] == 8 and raw["temperature"] == 1.0
     assert raw["learning_rate"] == pytest.approx(1e-6) and raw["num_train_epochs"] == 1
     # Global batch 16 samples = 16 x G trajectories.
-    assert raw["per_device_train_batch_size"] * raw["gradient_accumulation_steps"] * PAPER_GPUS == 16 * raw["num_generations"]
+    assert (
+        raw["per_device_train_batch_size"] * raw["gradient_accumulation_steps"] * PAPER_GPUS
+        == 16 * raw["num_generations"]
+    )
     assert (raw["format_weight"], raw["turn_weight"], raw["traj_weight"]) == (0.1, 0.45, 0.45)
     assert raw["turn_tau"] == 8.0 and raw["fps"] == 1.0 and raw["window_turns"] == 200
     assert raw["turn_judge"] == "llm" and raw["rubric_judge"] == "llm" and raw["constrain_decision"] is False
@@ -80,23 +84,65 @@ def test_train_grpo_cli_runs_a_step_and_saves(tmp_path):
     frames = [np.full((56, 56, 3), 30 * k, dtype=np.uint8) for k in range(4)]  # 56 px: 4 tokens per frame
     encode_video(tmp_path / "v.mp4", frames, fps=1)
     rows = [
-        {"id": "a", "task": "OU", "question": "When does it brighten?", "question_time": 1.0, "video": "v.mp4",
-         "duration": 4.0, "fps": 1.0, "system": None, "rubric": None, "answers": [{"text": "now", "time": 3.0}]},
-        {"id": "rf", "task": "RF", "question": "Warn me.", "question_time": 1.0, "video": "v.mp4",
-         "duration": 4.0, "fps": 1.0, "system": None, "rubric": None, "answers": [{"text": "stop", "time": 2.0}]},
+        {
+            "id": "a",
+            "task": "OU",
+            "question": "When does it brighten?",
+            "question_time": 1.0,
+            "video": "v.mp4",
+            "duration": 4.0,
+            "fps": 1.0,
+            "system": None,
+            "rubric": None,
+            "answers": [{"text": "now", "time": 3.0}],
+        },
+        {
+            "id": "rf",
+            "task": "RF",
+            "question": "Warn me.",
+            "question_time": 1.0,
+            "video": "v.mp4",
+            "duration": 4.0,
+            "fps": 1.0,
+            "system": None,
+            "rubric": None,
+            "answers": [{"text": "stop", "time": 2.0}],
+        },
     ]
     (tmp_path / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    code = main([
-        "train", "grpo", "--config", str(RECIPES / "tiny_synth_cpu.yaml"),
-        "--model", str(tmp_path / "model"), "--train_file", str(tmp_path / "rl.jsonl"), "--frames_root", str(tmp_path),
-        "--frame_cache_dir", str(tmp_path / "cache"), "--output_dir", str(out), "--max_steps", "1",
-        "--num_generations", "2", "--per_device_train_batch_size", "2", "--max_new_tokens", "2", "--save_strategy", "no",
-    ])
+    code = main(
+        [
+            "train",
+            "grpo",
+            "--config",
+            str(RECIPES / "tiny_synth_cpu.yaml"),
+            "--model",
+            str(tmp_path / "model"),
+            "--train_file",
+            str(tmp_path / "rl.jsonl"),
+            "--frames_root",
+            str(tmp_path),
+            "--frame_cache_dir",
+            str(tmp_path / "cache"),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "1",
+            "--num_generations",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--max_new_tokens",
+            "2",
+            "--save_strategy",
+            "no",
+        ]
+    )
     assert code == 0
     from streampro.loading import load_model_and_processor
 
-    model, processor = load_model_and_processor(str(out))
+    _model, processor = load_model_and_processor(str(out))
     assert processor.silence_token_id == tb.processor.silence_token_id
     assert any((tmp_path / "cache").iterdir())  # frames were decoded through the cache
 

@@ -14,10 +14,10 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from streampro.backbones import build_tiny_backbone
 from streampro.trainer.grpo import build_trainer
 from streampro.trainer.grpo_config import GRPOScriptArguments, StreamProGRPOConfig
+
+from streampro.backbones import build_tiny_backbone
 from streampro.video import encode_video
 
 SIZE = 56  # the tiny image processor's smallest side: 4 frame tokens per turn keeps every forward cheap
@@ -27,7 +27,9 @@ DURATION = 6  # 6 turns at 1 fps per stream
 def bias_towards_decisions(model, processor, strength: float = 4.0) -> None:
     """Make </Silence>, </Response> and <|im_end|> likely after every text token (see module docstring)."""
     with torch.no_grad():
-        model.model.language_model.embed_tokens.weight[:, 0] += 0.05  # residual dim 0 mostly > 0 for text tokens
+        model.model.language_model.embed_tokens.weight[:, 0] += (
+            0.05  # residual dim 0 mostly > 0 for text tokens
+        )
         for t in (processor.silence_token_id, processor.response_token_id, processor.end_of_turn_id):
             model.lm_head.weight[t, 0] = strength
 
@@ -47,12 +49,22 @@ def data(tmp_path_factory):
         colours = rng.integers(0, 255, size=(DURATION, 3), dtype=np.uint8)
         frames = [np.broadcast_to(c, (SIZE, SIZE, 3)).copy() for c in colours]
         encode_video(root / f"videos/v{i}.mp4", frames, fps=1)
-        samples.append({
-            "id": f"s{i}", "task": "OU" if i == 0 else "EU", "question": "Tell me when the colour changes.",
-            "question_time": 2.0, "video": f"videos/v{i}.mp4", "duration": float(DURATION), "fps": 1.0,
-            "system": None, "rubric": None,
-            "answers": [{"text": "it changed", "time": 4.0}] if i == 0 else [{"text": "it changed", "start": 3.0, "end": 5.0}],
-        })
+        samples.append(
+            {
+                "id": f"s{i}",
+                "task": "OU" if i == 0 else "EU",
+                "question": "Tell me when the colour changes.",
+                "question_time": 2.0,
+                "video": f"videos/v{i}.mp4",
+                "duration": float(DURATION),
+                "fps": 1.0,
+                "system": None,
+                "rubric": None,
+                "answers": [{"text": "it changed", "time": 4.0}]
+                if i == 0
+                else [{"text": "it changed", "start": 3.0, "end": 5.0}],
+            }
+        )
     (root / "rl.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     return root
 
@@ -60,14 +72,34 @@ def data(tmp_path_factory):
 def make_trainer(root, tmp_path, **overrides):
     from trl import ModelConfig
 
-    args = dict(
-        output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, gradient_checkpointing=False,
-        per_device_train_batch_size=4, gradient_accumulation_steps=1, num_generations=2, max_steps=2,
-        learning_rate=1e-2, optim="sgd", lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=0.0, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
-        dataloader_num_workers=0, frames_root=str(root), max_new_tokens=4, window_turns=8, max_frames_per_rollout=8,
-        rubric_judge="offline", turn_judge="lexical",
-    )
+    args = {
+        "output_dir": str(tmp_path / "out"),
+        "use_cpu": True,
+        "bf16": False,
+        "gradient_checkpointing": False,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "num_generations": 2,
+        "max_steps": 2,
+        "learning_rate": 1e-2,
+        "optim": "sgd",
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 0.0,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": 0,
+        "dataloader_num_workers": 0,
+        "frames_root": str(root),
+        "max_new_tokens": 4,
+        "window_turns": 8,
+        "max_frames_per_rollout": 8,
+        "rubric_judge": "offline",
+        "turn_judge": "lexical",
+    }
     args.update(overrides)
     script = GRPOScriptArguments(model=str(root / "model"), train_file=str(root / "rl.jsonl"))
     return build_trainer(script, StreamProGRPOConfig(**args), ModelConfig())
@@ -116,8 +148,15 @@ def test_two_step_cpu_run_updates_policy_with_masked_frames(data, tmp_path):
     logs = [h for h in trainer.state.log_history if "reward" in h]
     assert len(logs) == 2
     for h in logs:
-        for key in ("reward", "reward_std", "loss", "rewards/format_reward/mean", "rewards/turn_f1_reward/mean",
-                    "rewards/rubric_reward/mean", "rollout/logp_diff_max"):
+        for key in (
+            "reward",
+            "reward_std",
+            "loss",
+            "rewards/format_reward/mean",
+            "rewards/turn_f1_reward/mean",
+            "rewards/rubric_reward/mean",
+            "rollout/logp_diff_max",
+        ):
             assert np.isfinite(h[key]), (key, h)
         assert h["rollout/logp_diff_max"] < 1e-3  # the full forward reproduces the streaming loop's log-probs
     assert any(h["frac_reward_zero_std"] < 1 for h in logs)
@@ -132,7 +171,14 @@ def test_policy_mask_is_exactly_the_generated_tokens(data, tmp_path):
     r = trainer.rollout(trainer.model, sample, frames)
     ids, mask = torch.tensor(r.ids), torch.tensor(r.policy_mask, dtype=torch.bool)
     assert ids[mask].tolist() == r.generated_ids
-    assert len(r.turns) == DURATION and [t["forced"] for t in r.turns] == [True, False, False, False, False, False]
+    assert len(r.turns) == DURATION and [t["forced"] for t in r.turns] == [
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+    ]
     # Forced silent turns before the question contribute no policy token; the silence turn's
     # closing <|im_end|> is inserted by the loop, so it is an environment token.
     proc = trainer.processing_class
@@ -157,8 +203,15 @@ def test_greedy_rollout_decisions_equal_generate_stream(data, tmp_path):
     for sample in trainer.train_dataset:
         frames = load_record_frames({**sample, "num_turns": DURATION, "fps": 1.0}, data)
         r = trainer.rollout(model, sample, frames)
-        events = list(model.generate_stream(frames, sample["question"], processor=processor,
-                                            question_time=sample["question_time"], max_new_tokens=4))
+        events = list(
+            model.generate_stream(
+                frames,
+                sample["question"],
+                processor=processor,
+                question_time=sample["question_time"],
+                max_new_tokens=4,
+            )
+        )
         assert [t["decision"] for t in r.turns] == [e.decision for e in events]
         assert [t["text"] for t in r.turns] == [e.text for e in events]
         decisions += [e.decision for e in events if e.p_response is not None]
@@ -172,14 +225,22 @@ def test_greedy_rollout_decisions_equal_generate_stream(data, tmp_path):
 
 def test_config_checks():
     with pytest.raises(ValueError, match="window_turns"):
-        StreamProGRPOConfig(output_dir="x", use_cpu=True, bf16=False, window_turns=10, max_frames_per_rollout=20,
-                            rubric_judge="offline")
+        StreamProGRPOConfig(
+            output_dir="x",
+            use_cpu=True,
+            bf16=False,
+            window_turns=10,
+            max_frames_per_rollout=20,
+            rubric_judge="offline",
+        )
     with pytest.raises(ValueError, match="rubric_endpoint"):
         StreamProGRPOConfig(output_dir="x", use_cpu=True, bf16=False)
     with pytest.raises(ValueError, match="use_vllm"):
         StreamProGRPOConfig(output_dir="x", use_cpu=True, bf16=False, rubric_judge="offline", use_vllm=True)
     with pytest.raises(ValueError, match="reward weights"):
-        StreamProGRPOConfig(output_dir="x", use_cpu=True, bf16=False, rubric_judge="offline", format_weight=-1)
+        StreamProGRPOConfig(
+            output_dir="x", use_cpu=True, bf16=False, rubric_judge="offline", format_weight=-1
+        )
     cfg = StreamProGRPOConfig(output_dir="x", use_cpu=True, bf16=False, rubric_judge="offline")
     assert (cfg.temperature, cfg.num_generations, cfg.learning_rate) == (1.0, 8, 1e-6)
     assert cfg.reward_weight_map == {"format": 0.1, "turn": 0.45, "traj": 0.45} and cfg.turn_tau == 8

@@ -12,7 +12,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from streampro.trainer.rewards import (
     RubricReward,
     TurnF1Reward,
@@ -75,14 +74,27 @@ class FakeOpenAI:
         self.server.shutdown()
         self.server.server_close()
 
+
 SAMPLE = {
-    "id": "s1", "task": "OU", "question": "Tell me when the square turns red.", "question_time": 3.0,
-    "video": "v.mp4", "duration": 10.0, "answers": [{"text": "it turned red", "time": 5.0}],
+    "id": "s1",
+    "task": "OU",
+    "question": "Tell me when the square turns red.",
+    "question_time": 3.0,
+    "video": "v.mp4",
+    "duration": 10.0,
+    "answers": [{"text": "it turned red", "time": 5.0}],
 }
 
 
 def turn(k, decision="silence", text="", closed=True, forced=False):
-    return {"turn": k, "time": float(k + 1), "decision": decision, "text": text, "closed": closed, "forced": forced}
+    return {
+        "turn": k,
+        "time": float(k + 1),
+        "decision": decision,
+        "text": text,
+        "closed": closed,
+        "forced": forced,
+    }
 
 
 def trajectory():
@@ -116,14 +128,19 @@ RUBRIC = [
 def test_format_reward_counts_policy_turns_only():
     # policy turns 2..9 (8): silences 2,3,4,6,7 + response 5 are well formed; 8 (cut off) and 9 (invalid) are not.
     assert format_reward(trajectory=[trajectory()]) == [6 / 8]
-    assert format_reward(trajectory=[[turn(0, "response", "x </Silence> y")]]) == [0.0]  # decision token in the text
+    assert format_reward(trajectory=[[turn(0, "response", "x </Silence> y")]]) == [
+        0.0
+    ]  # decision token in the text
     assert format_reward(trajectory=[[turn(0, "response", "  ")]]) == [0.0]  # empty answer
     with pytest.raises(ValueError, match="no policy turn"):
         format_reward(trajectory=[[turn(0, forced=True)]])
 
 
 def test_predictions_are_response_turns():
-    assert trajectory_predictions(trajectory()) == [{"time": 6.0, "text": "it turned red"}, {"time": 9.0, "text": "blah"}]
+    assert trajectory_predictions(trajectory()) == [
+        {"time": 6.0, "text": "it turned red"},
+        {"time": 9.0, "text": "blah"},
+    ]
 
 
 def test_turn_f1_reward_hand_computed():
@@ -181,12 +198,18 @@ def test_combined_reward_default_weights_and_none():
     funcs, weights = build_reward_funcs()
     assert weights == [0.1, 0.45, 0.45]
     traj = [trajectory()]
-    values = [f(prompts=[""], completions=[""], completion_ids=[[]], trajectory=traj, **columns(rubric=RUBRIC))[0] for f in funcs]
+    values = [
+        f(prompts=[""], completions=[""], completion_ids=[[]], trajectory=traj, **columns(rubric=RUBRIC))[0]
+        for f in funcs
+    ]
     assert values == [pytest.approx(0.75), pytest.approx(1.25), pytest.approx(4 / 6)]
     assert combine_rewards(values, weights) == pytest.approx(0.1 * 0.75 + 0.45 * 1.25 + 0.45 * 4 / 6)
     assert combine_rewards([0.5, None, 1.0], weights) is None  # a failed judge is not a 0
     funcs, weights = build_reward_funcs({"traj": 0.0, "turn": 0.9})
-    assert [getattr(f, "__name__", None) for f in funcs] == ["format_reward", "turn_f1_reward"] and weights == [0.1, 0.9]
+    assert [getattr(f, "__name__", None) for f in funcs] == [
+        "format_reward",
+        "turn_f1_reward",
+    ] and weights == [0.1, 0.9]
     with pytest.raises(ValueError, match="unknown reward weight"):
         build_reward_funcs({"fmt": 1.0})
     with pytest.raises(ValueError, match="unknown rubric judge"):

@@ -11,9 +11,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from streampro.dataset_scripts.rubrics import RubricError, parse_rubric_reply, validate_rubric
 
 from streampro.cli import main
-from streampro.dataset_scripts.rubrics import RubricError, parse_rubric_reply, validate_rubric
 
 
 def chat_reply(content: str) -> dict:
@@ -70,15 +70,33 @@ class FakeOpenAI:
 
 def rubric_for(question: str, n: int = 7) -> list[dict]:
     dims = ["granularity", "coherence", "coverage"]
-    return [{"rubric_id": i + 1, "dimension": dims[i % 3], "rubric": f"The responses about '{question}' do item {i}."}
-            for i in range(n)]
+    return [
+        {
+            "rubric_id": i + 1,
+            "dimension": dims[i % 3],
+            "rubric": f"The responses about '{question}' do item {i}.",
+        }
+        for i in range(n)
+    ]
 
 
 def samples(n=4):
     return [
-        {"id": f"s{i}", "task": "EU", "question": f"Describe step by step what happens ({i}).", "question_time": 1.0,
-         "video": f"v{i}.mp4", "duration": 20.0, "fps": 1.0, "system": None, "rubric": None,
-         "answers": [{"text": "a cup is filled", "start": 2.0, "end": 5.0}, {"text": "the cup is lifted", "start": 7.0, "end": 9.0}]}
+        {
+            "id": f"s{i}",
+            "task": "EU",
+            "question": f"Describe step by step what happens ({i}).",
+            "question_time": 1.0,
+            "video": f"v{i}.mp4",
+            "duration": 20.0,
+            "fps": 1.0,
+            "system": None,
+            "rubric": None,
+            "answers": [
+                {"text": "a cup is filled", "start": 2.0, "end": 5.0},
+                {"text": "the cup is lifted", "start": 7.0, "end": 9.0},
+            ],
+        }
         for i in range(n)
     ]
 
@@ -92,14 +110,30 @@ def question_of(body) -> str:
 
 
 def run_cli(server, src, out, *extra):
-    return main(["data", "rubrics", str(src), str(out), "--endpoint", server.base_url, "--model", "writer",
-                 "--max-retries", "1", "--concurrency", "2", "--no-progress", *extra])
+    return main(
+        [
+            "data",
+            "rubrics",
+            str(src),
+            str(out),
+            "--endpoint",
+            server.base_url,
+            "--model",
+            "writer",
+            "--max-retries",
+            "1",
+            "--concurrency",
+            "2",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_writes_valid_rubrics_and_resumes(tmp_path, capsys):
     src, out = tmp_path / "rl.jsonl", tmp_path / "rl_rubrics.jsonl"
     write(src, samples(4))
-    fenced = lambda body: "Here you go:\n```json\n" + json.dumps(rubric_for(question_of(body))) + "\n```"  # noqa: E731
+    fenced = lambda body: "Here you go:\n```json\n" + json.dumps(rubric_for(question_of(body))) + "\n```"
     with FakeOpenAI(lambda n, body: (200, chat_reply(fenced(body)), 0)) as server:
         assert run_cli(server, src, out) == 0
         assert server.calls == 4
@@ -146,7 +180,9 @@ def test_invalid_replies_are_reasked_then_failures_are_left_out(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["s0"] and len(rows[0]["rubric"]) == 8
     # Next run retries only the two failed samples.
-    with FakeOpenAI(lambda n, body: (200, chat_reply(json.dumps(rubric_for(question_of(body)))), 0)) as server:
+    with FakeOpenAI(
+        lambda n, body: (200, chat_reply(json.dumps(rubric_for(question_of(body)))), 0)
+    ) as server:
         assert run_cli(server, src, out) == 0
         assert server.calls == 2
     assert sorted(json.loads(line)["id"] for line in out.read_text().splitlines()) == ["s0", "s1", "s2"]
@@ -155,8 +191,13 @@ def test_invalid_replies_are_reasked_then_failures_are_left_out(tmp_path):
 def test_truncated_last_line_is_redone(tmp_path):
     src, out = tmp_path / "rl.jsonl", tmp_path / "out.jsonl"
     write(src, samples(2))
-    out.write_text(json.dumps({**samples(1)[0], "rubric": rubric_for("x")}) + "\n" + '{"id": "s1", "rub', encoding="utf-8")
-    with FakeOpenAI(lambda n, body: (200, chat_reply(json.dumps(rubric_for(question_of(body)))), 0)) as server:
+    out.write_text(
+        json.dumps({**samples(1)[0], "rubric": rubric_for("x")}) + "\n" + '{"id": "s1", "rub',
+        encoding="utf-8",
+    )
+    with FakeOpenAI(
+        lambda n, body: (200, chat_reply(json.dumps(rubric_for(question_of(body)))), 0)
+    ) as server:
         assert run_cli(server, src, out) == 0
         assert server.calls == 1
 
@@ -180,4 +221,15 @@ def test_bad_input_file_names_the_line(tmp_path):
     src = tmp_path / "rl.jsonl"
     write(src, [samples(1)[0], {"id": "x"}])
     with pytest.raises(ValueError, match=r"rl.jsonl:2: RL sample lacks"):
-        main(["data", "rubrics", str(src), str(tmp_path / "o.jsonl"), "--endpoint", "http://127.0.0.1:9/v1", "--model", "m"])
+        main(
+            [
+                "data",
+                "rubrics",
+                str(src),
+                str(tmp_path / "o.jsonl"),
+                "--endpoint",
+                "http://127.0.0.1:9/v1",
+                "--model",
+                "m",
+            ]
+        )

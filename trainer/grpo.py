@@ -25,19 +25,26 @@ import sys
 logger = logging.getLogger(__name__)
 
 
-def load_rl_samples(path: str, *, limit: int | None = None, tasks: list[str] | None = None,
-                    fps: float = 1.0, max_frames: int | None = None):
+def load_rl_samples(
+    path: str,
+    *,
+    limit: int | None = None,
+    tasks: list[str] | None = None,
+    fps: float = 1.0,
+    max_frames: int | None = None,
+):
     """RL samples JSONL → a ``datasets.Dataset`` (validated as references; long samples dropped with a log line)."""
     from pathlib import Path
 
     from datasets import Dataset
-
     from streampro.dataset_scripts.schema import iter_jsonl
     from streampro.metrics import FormatError, validate_reference
     from streampro.modeling_streampro.processing_streampro import num_turns
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"RL samples file {path} does not exist (make one with `streampro data build rl`)")
+        raise FileNotFoundError(
+            f"RL samples file {path} does not exist (make one with `streampro data build rl`)"
+        )
     rows, too_long = [], 0
     for lineno, row in iter_jsonl(path):
         try:
@@ -53,10 +60,14 @@ def load_rl_samples(path: str, *, limit: int | None = None, tasks: list[str] | N
             continue
         rows.append({**row, "system": row.get("system")})
     if too_long:
-        logger.warning("dropped %d RL samples longer than max_frames_per_rollout=%s frames", too_long, max_frames)
+        logger.warning(
+            "dropped %d RL samples longer than max_frames_per_rollout=%s frames", too_long, max_frames
+        )
     rows = rows[:limit] if limit is not None else rows
     if not rows:
-        raise ValueError(f"RL samples file {path} holds no usable sample (tasks={tasks}, max_frames={max_frames})")
+        raise ValueError(
+            f"RL samples file {path} holds no usable sample (tasks={tasks}, max_frames={max_frames})"
+        )
     return Dataset.from_list(rows)
 
 
@@ -83,10 +94,9 @@ def build_trainer(script_args, training_args, model_args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trl import ModelConfig, TrlParser
-
     from streampro.trainer.grpo_config import GRPOScriptArguments, StreamProGRPOConfig
     from streampro.trainer.sft import save_final
+    from trl import ModelConfig, TrlParser
 
     parser = TrlParser((GRPOScriptArguments, StreamProGRPOConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)

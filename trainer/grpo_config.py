@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl import GRPOConfig
-
 from streampro.metrics import JUDGES, TURN_TAU
 from streampro.trainer.rewards import RUBRIC_JUDGES
+from trl import GRPOConfig
 
 
 @dataclass
@@ -31,12 +30,16 @@ class StreamProGRPOConfig(GRPOConfig):
 
     # --- rewards ---------------------------------------------------------------------------
     format_weight: float = field(default=0.1, metadata={"help": "w_fmt: weight of the format reward R_fmt."})
-    turn_weight: float = field(default=0.45, metadata={"help": "w_turn: weight of the turn-level F1 reward R_turn."})
+    turn_weight: float = field(
+        default=0.45, metadata={"help": "w_turn: weight of the turn-level F1 reward R_turn."}
+    )
     traj_weight: float = field(
-        default=0.45, metadata={"help": "w_traj: weight of the trajectory rubric reward R_traj (0 disables it)."}
+        default=0.45,
+        metadata={"help": "w_traj: weight of the trajectory rubric reward R_traj (0 disables it)."},
     )
     turn_tau: float = field(
-        default=TURN_TAU, metadata={"help": "τ of the turn-level reward (one value for every task; paper: 8)."}
+        default=TURN_TAU,
+        metadata={"help": "τ of the turn-level reward (one value for every task; paper: 8)."},
     )
     turn_judge: str = field(
         default="lexical",
@@ -63,7 +66,9 @@ class StreamProGRPOConfig(GRPOConfig):
     )
     rubric_endpoint: str | None = field(
         default=None,
-        metadata={"help": "OpenAI-compatible API root of the rubric evaluator (rubric_judge='llm'), e.g. http://host:8000/v1."},
+        metadata={
+            "help": "OpenAI-compatible API root of the rubric evaluator (rubric_judge='llm'), e.g. http://host:8000/v1."
+        },
     )
     rubric_model: str | None = field(default=None, metadata={"help": "Model name of the rubric evaluator."})
     rubric_judge_options: dict[str, Any] | str | None = field(
@@ -74,7 +79,9 @@ class StreamProGRPOConfig(GRPOConfig):
         },
     )
     # --- rollouts --------------------------------------------------------------------------
-    fps: float = field(default=1.0, metadata={"help": "Frames (turns) per second of the rollouts (paper: 1)."})
+    fps: float = field(
+        default=1.0, metadata={"help": "Frames (turns) per second of the rollouts (paper: 1)."}
+    )
     window_turns: int = field(
         default=200,
         metadata={
@@ -84,9 +91,13 @@ class StreamProGRPOConfig(GRPOConfig):
     )
     max_frames_per_rollout: int = field(
         default=200,
-        metadata={"help": "Longest stream (frames) a rollout may have; longer samples are dropped by the script."},
+        metadata={
+            "help": "Longest stream (frames) a rollout may have; longer samples are dropped by the script."
+        },
     )
-    max_new_tokens: int = field(default=64, metadata={"help": "Most answer tokens per response turn (after </Response>)."})
+    max_new_tokens: int = field(
+        default=64, metadata={"help": "Most answer tokens per response turn (after </Response>)."}
+    )
     constrain_decision: bool = field(
         default=False,
         metadata={
@@ -96,29 +107,40 @@ class StreamProGRPOConfig(GRPOConfig):
     )
     rollout_do_sample: bool = field(
         default=True,
-        metadata={"help": "Sample rollouts at `temperature` (GRPO). False = greedy rollouts (debugging, tests)."},
+        metadata={
+            "help": "Sample rollouts at `temperature` (GRPO). False = greedy rollouts (debugging, tests)."
+        },
     )
     frames_root: str | None = field(
         default=None,
-        metadata={"help": "Directory the samples' relative `video` paths are relative to (Synth: its --out dir)."},
+        metadata={
+            "help": "Directory the samples' relative `video` paths are relative to (Synth: its --out dir)."
+        },
     )
     frame_cache_dir: str | None = field(
         default=None, metadata={"help": "Optional directory for decoded-frame .npz caches."}
     )
     max_pixels: int | None = field(
-        default=None, metadata={"help": "Downscale frames to at most this many pixels before the image processor."}
+        default=None,
+        metadata={"help": "Downscale frames to at most this many pixels before the image processor."},
     )
     # --- re-defaulted TRL fields -------------------------------------------------------------
-    learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate (paper: 1e-6)."})
+    learning_rate: float = field(
+        default=1e-6, metadata={"help": "Initial AdamW learning rate (paper: 1e-6)."}
+    )
     temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature (paper: 1.0)."})
     num_generations: int | None = field(default=8, metadata={"help": "G: rollouts per sample (paper: 8)."})
     loss_type: str = field(
         default="grpo",
-        metadata={"help": "TRL loss aggregation; 'grpo' averages each trajectory's policy tokens (see GRPOConfig)."},
+        metadata={
+            "help": "TRL loss aggregation; 'grpo' averages each trajectory's policy tokens (see GRPOConfig)."
+        },
     )
     max_completion_length: int | None = field(
         default=None,
-        metadata={"help": "Unused (must stay None): trajectories are bounded by max_frames_per_rollout and max_new_tokens."},
+        metadata={
+            "help": "Unused (must stay None): trajectories are bounded by max_frames_per_rollout and max_new_tokens."
+        },
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
 
@@ -131,7 +153,9 @@ class StreamProGRPOConfig(GRPOConfig):
                 setattr(self, name, json.loads(getattr(self, name)))
         weights = (self.format_weight, self.turn_weight, self.traj_weight)
         if any(w < 0 for w in weights) or not any(weights):
-            raise ValueError(f"reward weights must be >= 0 and not all 0, got {weights} (paper: 0.1, 0.45, 0.45)")
+            raise ValueError(
+                f"reward weights must be >= 0 and not all 0, got {weights} (paper: 0.1, 0.45, 0.45)"
+            )
         if self.reward_weights is not None:
             raise ValueError(
                 "set format_weight / turn_weight / traj_weight instead of reward_weights (the reward functions are "
@@ -143,7 +167,11 @@ class StreamProGRPOConfig(GRPOConfig):
             raise ValueError(f"turn_judge must be one of {list(JUDGES)}, got {self.turn_judge!r}")
         if self.rubric_judge not in RUBRIC_JUDGES:
             raise ValueError(f"rubric_judge must be one of {list(RUBRIC_JUDGES)}, got {self.rubric_judge!r}")
-        if self.traj_weight and self.rubric_judge == "llm" and not (self.rubric_endpoint and self.rubric_model):
+        if (
+            self.traj_weight
+            and self.rubric_judge == "llm"
+            and not (self.rubric_endpoint and self.rubric_model)
+        ):
             raise ValueError(
                 "rubric_judge='llm' needs rubric_endpoint and rubric_model (an OpenAI-compatible evaluator); "
                 "set them, use rubric_judge='offline' (an approximation), or traj_weight=0"
@@ -165,9 +193,13 @@ class StreamProGRPOConfig(GRPOConfig):
                 "(frames arrive inside the completion); see docs/grpo.md for what a vLLM setup would need"
             )
         if self.max_completion_length is not None:
-            raise ValueError("max_completion_length must be None; bound trajectories with max_frames_per_rollout / max_new_tokens")
+            raise ValueError(
+                "max_completion_length must be None; bound trajectories with max_frames_per_rollout / max_new_tokens"
+            )
         if self.multi_objective_aggregation != "sum_then_normalize":
-            raise ValueError("only multi_objective_aggregation='sum_then_normalize' is supported (R = Σ w_i R_i, METHOD §5)")
+            raise ValueError(
+                "only multi_objective_aggregation='sum_then_normalize' is supported (R = Σ w_i R_i, METHOD §5)"
+            )
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must be False: the rewards read the RL-sample columns")
 
@@ -189,7 +221,9 @@ class GRPOScriptArguments:
     )
     train_file: str | None = field(
         default=None,
-        metadata={"help": "RL samples JSONL (`streampro data build rl`, Synth's rl/{split}.jsonl, or with rubrics)."},
+        metadata={
+            "help": "RL samples JSONL (`streampro data build rl`, Synth's rl/{split}.jsonl, or with rubrics)."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N RL samples."})
     tasks: list[str] | None = field(
@@ -199,6 +233,8 @@ class GRPOScriptArguments:
 
     def __post_init__(self):
         if self.train_file is None:
-            raise ValueError("train_file is required: pass --train_file RL_SAMPLES.jsonl or set it in the recipe")
+            raise ValueError(
+                "train_file is required: pass --train_file RL_SAMPLES.jsonl or set it in the recipe"
+            )
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"max_train_samples must be >= 1, got {self.max_train_samples}")

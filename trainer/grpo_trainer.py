@@ -41,14 +41,13 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate.utils import gather, gather_object, is_peft_model
+from streampro.modeling_streampro.modeling_streampro import StreamSession
+from streampro.modeling_streampro.processing_streampro import num_turns, turn_index_for_time
+from streampro.trainer.rewards import build_reward_funcs, trajectory_transcript
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import nanstd, pad
-
-from streampro.modeling_streampro.modeling_streampro import StreamSession
-from streampro.modeling_streampro.processing_streampro import num_turns, turn_index_for_time
-from streampro.trainer.rewards import build_reward_funcs, trajectory_transcript
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +106,9 @@ class StreamProGRPOTrainer(GRPOTrainer):
         if processing_class is None or not hasattr(processing_class, "silence_token_id"):
             raise TypeError("StreamProGRPOTrainer needs processing_class=StreamProProcessor")
         if "reward_funcs" in kwargs:
-            raise TypeError("reward functions come from the config (format_weight, turn_weight, traj_weight, judges)")
+            raise TypeError(
+                "reward functions come from the config (format_weight, turn_weight, traj_weight, judges)"
+            )
         rubric_options = dict(args.rubric_judge_options or {})
         if args.rubric_judge == "llm":
             rubric_options.update(base_url=args.rubric_endpoint, model=args.rubric_model)
@@ -179,15 +180,21 @@ class StreamProGRPOTrainer(GRPOTrainer):
                 session.ask(sample["question"])
             events.append(session.step(frame))
         if session.dropped_turns or len(session.turns) != len(events):
-            raise RuntimeError("a turn slid out of the rollout's context; window_turns must cover the whole stream")
+            raise RuntimeError(
+                "a turn slid out of the rollout's context; window_turns must cover the whole stream"
+            )
         ids, mask = list(session.system_ids), [0] * len(session.system_ids)
         turns, generated = [], []
         eot = processor.end_of_turn_id
         for turn, ev in zip(session.turns, events):
             user = turn.head_ids + [processor.image_token_id] * turn.num_image_tokens + turn.tail_ids
             gen, assistant = list(ev.generated_ids), list(turn.assistant_ids)
-            if assistant[: len(gen)] != gen:  # the engine's contract: generated tokens open the assistant turn
-                raise RuntimeError(f"turn {turn.index}: generated ids {gen} do not open the assistant turn {assistant}")
+            if (
+                assistant[: len(gen)] != gen
+            ):  # the engine's contract: generated tokens open the assistant turn
+                raise RuntimeError(
+                    f"turn {turn.index}: generated ids {gen} do not open the assistant turn {assistant}"
+                )
             forced = ev.p_response is None  # before the question: silence is forced, not the policy's choice
             ids += user + assistant
             mask += [0] * len(user) + [0 if forced else 1] * len(gen) + [0] * (len(assistant) - len(gen))
@@ -249,31 +256,55 @@ class StreamProGRPOTrainer(GRPOTrainer):
         rollouts = self._rollouts(inputs)
         pad_id = self._tokenizer.pad_token_id
 
-        prompt_ids = pad([torch.tensor(r.ids[: r.prompt_len]) for r in rollouts], padding_value=pad_id, padding_side="left")
-        prompt_mask = pad([torch.ones(r.prompt_len, dtype=torch.long) for r in rollouts], padding_value=0, padding_side="left")
-        completion_ids = pad([torch.tensor(r.ids[r.prompt_len :]) for r in rollouts], padding_value=pad_id, padding_side="right")
+        prompt_ids = pad(
+            [torch.tensor(r.ids[: r.prompt_len]) for r in rollouts], padding_value=pad_id, padding_side="left"
+        )
+        prompt_mask = pad(
+            [torch.ones(r.prompt_len, dtype=torch.long) for r in rollouts],
+            padding_value=0,
+            padding_side="left",
+        )
+        completion_ids = pad(
+            [torch.tensor(r.ids[r.prompt_len :]) for r in rollouts],
+            padding_value=pad_id,
+            padding_side="right",
+        )
         completion_mask = pad(
-            [torch.ones(len(r.ids) - r.prompt_len, dtype=torch.long) for r in rollouts], padding_value=0, padding_side="right"
+            [torch.ones(len(r.ids) - r.prompt_len, dtype=torch.long) for r in rollouts],
+            padding_value=0,
+            padding_side="right",
         )
         tool_mask = pad(
-            [torch.tensor(r.policy_mask[r.prompt_len :], dtype=torch.long) for r in rollouts], padding_value=1, padding_side="right"
+            [torch.tensor(r.policy_mask[r.prompt_len :], dtype=torch.long) for r in rollouts],
+            padding_value=1,
+            padding_side="right",
         )
         prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-        completion_ids, completion_mask, tool_mask = completion_ids.to(device), completion_mask.to(device), tool_mask.to(device)
+        completion_ids, completion_mask, tool_mask = (
+            completion_ids.to(device),
+            completion_mask.to(device),
+            tool_mask.to(device),
+        )
         prompt_completion_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P+C)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         loss_mask = completion_mask * tool_mask  # (B, C): policy tokens only
         num_items_in_batch = self.accelerator.gather(loss_mask.sum()).sum()
         logits_to_keep = completion_ids.size(1)
-        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        batch_size = (
+            self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        )
         num_images = [r.image_grid_thw.size(0) for r in rollouts]
         forward_kwargs = {
             "pixel_values": torch.cat([r.pixel_values for r in rollouts]).to(device),
             "image_grid_thw": torch.cat([r.image_grid_thw for r in rollouts]).to(device),
-            "mm_token_type_ids": (prompt_completion_ids == self.processing_class.image_token_id).int() * attention_mask,
+            "mm_token_type_ids": (prompt_completion_ids == self.processing_class.image_token_id).int()
+            * attention_mask,
         }
 
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+        ):
             # Same rule as TRL: old log-probs only when generation and optimisation steps are misaligned.
             generate_every = self.args.steps_per_generation * self.num_iterations
             need_old = self.args.gradient_accumulation_steps % generate_every != 0
@@ -281,8 +312,13 @@ class StreamProGRPOTrainer(GRPOTrainer):
             old_per_token_logps = None
             if need_old or diagnose:
                 logps, _, _ = self._get_per_token_logps_and_entropies(
-                    self.model, prompt_completion_ids, attention_mask, logits_to_keep,
-                    batch_size=batch_size, num_images=num_images, **forward_kwargs,
+                    self.model,
+                    prompt_completion_ids,
+                    attention_mask,
+                    logits_to_keep,
+                    batch_size=batch_size,
+                    num_images=num_images,
+                    **forward_kwargs,
                 )
                 old_per_token_logps = logps if need_old else None
                 if diagnose:
@@ -290,17 +326,26 @@ class StreamProGRPOTrainer(GRPOTrainer):
             ref_per_token_logps = None
             if self.beta != 0.0:
                 ref_per_token_logps = self._reference_logps(
-                    prompt_completion_ids, attention_mask, logits_to_keep, batch_size, num_images, forward_kwargs
+                    prompt_completion_ids,
+                    attention_mask,
+                    logits_to_keep,
+                    batch_size,
+                    num_images,
+                    forward_kwargs,
                 )
 
         for inp, r in zip(inputs, rollouts, strict=True):
             inp["trajectory"] = r.turns
         prompts = [x["question"] for x in inputs]
         completions = [trajectory_transcript(r.turns) for r in rollouts]
-        rewards_per_func = self._calculate_rewards(inputs, prompts, completions, [r.generated_ids for r in rollouts])
+        rewards_per_func = self._calculate_rewards(
+            inputs, prompts, completions, [r.generated_ids for r in rollouts]
+        )
         advantages, rewards, is_std_zero = self._advantages(rewards_per_func, mode)
 
-        process_slice = slice(self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts))
+        process_slice = slice(
+            self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts)
+        )
         all_process_advantages = advantages.clone()
         advantages = advantages[process_slice]
 
@@ -325,7 +370,9 @@ class StreamProGRPOTrainer(GRPOTrainer):
         self._pending_extra_logs.clear()
         for name in sorted(set(gather_object(list(self._pending_metrics)))):
             values = self._pending_metrics.get(name, [])
-            stats = self.accelerator.gather(torch.tensor([sum(values), len(values)], dtype=torch.float32, device=device))
+            stats = self.accelerator.gather(
+                torch.tensor([sum(values), len(values)], dtype=torch.float32, device=device)
+            )
             total, count = stats.view(-1, 2).sum(dim=0).tolist()
             metrics[name].append(total / count)
         self._pending_metrics.clear()
@@ -352,7 +399,13 @@ class StreamProGRPOTrainer(GRPOTrainer):
         if self.ref_model is not None:
             model = self.ref_model
             logps, _, _ = self._get_per_token_logps_and_entropies(
-                model, ids, attention_mask, logits_to_keep, batch_size=batch_size, num_images=num_images, **forward_kwargs
+                model,
+                ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size=batch_size,
+                num_images=num_images,
+                **forward_kwargs,
             )
             return logps
         from trl.trainer.utils import use_adapter
@@ -360,7 +413,13 @@ class StreamProGRPOTrainer(GRPOTrainer):
         unwrapped = self.accelerator.unwrap_model(self.model)
         with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
             logps, _, _ = self._get_per_token_logps_and_entropies(
-                self.model, ids, attention_mask, logits_to_keep, batch_size=batch_size, num_images=num_images, **forward_kwargs
+                self.model,
+                ids,
+                attention_mask,
+                logits_to_keep,
+                batch_size=batch_size,
+                num_images=num_images,
+                **forward_kwargs,
             )
         return logps
 
@@ -396,8 +455,12 @@ class StreamProGRPOTrainer(GRPOTrainer):
                 continue
             train = logps[b][loss_mask[b].bool()].float().cpu()
             if train.numel() != len(r.sampled_logps):
-                raise RuntimeError(f"rollout {b}: {train.numel()} policy tokens in the mask, {len(r.sampled_logps)} sampled")
-            worst = max(worst, (train - torch.tensor(r.sampled_logps)).abs().max().item() if train.numel() else 0.0)
+                raise RuntimeError(
+                    f"rollout {b}: {train.numel()} policy tokens in the mask, {len(r.sampled_logps)} sampled"
+                )
+            worst = max(
+                worst, (train - torch.tensor(r.sampled_logps)).abs().max().item() if train.numel() else 0.0
+            )
         self._metrics[mode]["rollout/logp_diff_max"].append(
             self.accelerator.gather(torch.tensor(worst, device=logps.device)).max().item()
         )

@@ -30,12 +30,21 @@ Decisions (the paper is silent on these; change them here):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 from dataclasses import dataclass
 
 from streampro.dataset_scripts.rubrics import RUBRIC_DIMENSIONS, validate_rubric
-from streampro.metrics import TURN_TAU, Judge, JudgeFailure, JudgeRequest, LLMJudge, make_judge, turn_level_rewards
+from streampro.metrics import (
+    TURN_TAU,
+    Judge,
+    JudgeFailure,
+    JudgeRequest,
+    LLMJudge,
+    make_judge,
+    turn_level_rewards,
+)
 from streampro.metrics.f1 import score_accuracy, turn_candidates
 from streampro.metrics.schema import validate_predictions, validate_reference
 from streampro.modeling_streampro.processing_streampro import RESPONSE_TOKEN, SILENCE_TOKEN
@@ -73,13 +82,18 @@ def trajectory_transcript(trajectory: list[dict]) -> str:
 
 def reference_of(columns: dict, i: int) -> dict:
     """The StreamPro-F1 reference of completion ``i`` from the RL-sample columns."""
-    return {key: columns[key][i] for key in ("id", "task", "question", "question_time", "video", "duration", "answers")}
+    return {
+        key: columns[key][i]
+        for key in ("id", "task", "question", "question_time", "video", "duration", "answers")
+    }
 
 
 # --- R_fmt ------------------------------------------------------------------------------------
 
 
-def format_reward(prompts=None, completions=None, completion_ids=None, *, trajectory, **columns) -> list[float]:
+def format_reward(
+    prompts=None, completions=None, completion_ids=None, *, trajectory, **columns
+) -> list[float]:
     """R_fmt: the fraction of the policy's turns that are well formed (in [0, 1]).
 
     A trajectory with no policy turn (question on a turn beyond the stream) cannot happen: the
@@ -117,7 +131,11 @@ class TurnF1Reward:
         rewards = turn_level_rewards(predictions, references, self.judge, self.tau)
         failed = sum(r is None for r in rewards)
         if failed:
-            logger.warning("turn_f1_reward: judge failed on %d of %d trajectories; they are excluded", failed, len(rewards))
+            logger.warning(
+                "turn_f1_reward: judge failed on %d of %d trajectories; they are excluded",
+                failed,
+                len(rewards),
+            )
         return rewards
 
 
@@ -175,7 +193,10 @@ class LLMRubricJudge(LLMJudge):
         )
         return {
             "model": self.model,
-            "messages": [{"role": "system", "content": RUBRIC_SYSTEM_PROMPT}, {"role": "user", "content": user}],
+            "messages": [
+                {"role": "system", "content": RUBRIC_SYSTEM_PROMPT},
+                {"role": "user", "content": user},
+            ],
             "temperature": 0.0,
             "max_tokens": 256,
         }
@@ -221,7 +242,13 @@ class OfflineRubricApproximation:
     Marks are soft (in [0, 1]) rather than pass/fail, to give a small model a denser signal.
     """
 
-    def __init__(self, judge: str | Judge = "lexical", tau: float = TURN_TAU, pass_threshold: float = 0.5, **judge_options):
+    def __init__(
+        self,
+        judge: str | Judge = "lexical",
+        tau: float = TURN_TAU,
+        pass_threshold: float = 0.5,
+        **judge_options,
+    ):
         self.judge = make_judge(judge, **judge_options) if isinstance(judge, str) else judge
         self.tau, self.pass_threshold = tau, pass_threshold
 
@@ -230,7 +257,9 @@ class OfflineRubricApproximation:
             (validate_reference(r), validate_predictions(trajectory_predictions(t)))
             for r, t in zip(references, trajectories)
         ]
-        accuracy = score_accuracy([(ref, preds, turn_candidates(ref, preds, self.tau)) for ref, preds in parsed], self.judge)
+        accuracy = score_accuracy(
+            [(ref, preds, turn_candidates(ref, preds, self.tau)) for ref, preds in parsed], self.judge
+        )
         out: list[_Marks | JudgeFailure] = []
         for (ref, preds), acc in zip(parsed, accuracy):
             failures = acc.failures()
@@ -242,7 +271,12 @@ class OfflineRubricApproximation:
             for gi in range(len(ref.items)):
                 best = None  # (accuracy, pi)
                 for (pi, g2), s in acc.scores.items():
-                    if g2 == gi and pi not in used and s >= self.pass_threshold and (best is None or s > best[0]):
+                    if (
+                        g2 == gi
+                        and pi not in used
+                        and s >= self.pass_threshold
+                        and (best is None or s > best[0])
+                    ):
                         best = (s, pi)
                 if best is None:
                     covered.append(None)
@@ -254,7 +288,7 @@ class OfflineRubricApproximation:
             if n_gt == 1:
                 coherence = coverage
             else:
-                pairs = zip(covered, covered[1:])
+                pairs = itertools.pairwise(covered)
                 coherence = sum(a is not None and b is not None and a < b for a, b in pairs) / (n_gt - 1)
             granularity = min(n_pred, n_gt) / max(n_pred, n_gt) if n_pred else 0.0
             out.append(_Marks(granularity, coherence, coverage))
@@ -277,12 +311,17 @@ class RubricReward:
         if evaluator not in RUBRIC_JUDGES:
             raise ValueError(f"unknown rubric judge {evaluator!r}; use one of {list(RUBRIC_JUDGES)}")
         self.kind = evaluator
-        self.evaluator = LLMRubricJudge(**options) if evaluator == "llm" else OfflineRubricApproximation(**options)
+        self.evaluator = (
+            LLMRubricJudge(**options) if evaluator == "llm" else OfflineRubricApproximation(**options)
+        )
 
     def __call__(self, prompts=None, completions=None, completion_ids=None, *, trajectory, rubric, **columns):
         columns = {**columns, "rubric": rubric}
         n = len(trajectory)
-        rubrics = [None if rubric[i] is None else validate_rubric(rubric[i], f"sample {columns['id'][i]} rubric") for i in range(n)]
+        rubrics = [
+            None if rubric[i] is None else validate_rubric(rubric[i], f"sample {columns['id'][i]} rubric")
+            for i in range(n)
+        ]
         missing = sum(r is None for r in rubrics)
         if self.kind == "offline":
             rewards = self._offline(columns, trajectory, rubrics)
@@ -297,7 +336,9 @@ class RubricReward:
             rewards = self._llm(columns, trajectory, rubrics)
         failed = sum(r is None for r in rewards) - (0 if self.kind == "offline" else missing)
         if failed:
-            logger.warning("rubric_reward: the judge failed on %d of %d trajectories; they are excluded", failed, n)
+            logger.warning(
+                "rubric_reward: the judge failed on %d of %d trajectories; they are excluded", failed, n
+            )
         return rewards
 
     def _llm(self, columns, trajectory, rubrics) -> list[float | None]:
