@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--response-threshold", type=float,
                         help="Respond when p_response (decision-tree: p_yes) >= P instead of the arg-max decision.")
     parser.add_argument("--max-pixels", type=int, help="Downscale frames to at most this many pixels before the processor.")
+    parser.add_argument("--shuffle-frames", type=int, metavar="SEED",
+                        help="Control run: stream each clip's frames in a seeded random order (times kept), to "
+                             "check that a model's answers depend on the video (docs/evaluation.md).")
     parser.add_argument("--strict", action="store_true",
                         help="Stop at the first bad sample (missing/corrupt video, invalid reference) instead of "
                              "recording it and going on.")
@@ -114,6 +117,7 @@ def build_config(args):
         max_new_tokens=args.max_new_tokens,
         response_threshold=args.response_threshold,
         max_pixels=args.max_pixels,
+        shuffle_frames=args.shuffle_frames,
     )
 
 
@@ -128,7 +132,8 @@ def launch_argv(args) -> list[str]:
         "--model": args.model, "--benchmark": args.benchmark, "--video-root": args.video_root, "--out": args.out,
         "--protocol": args.protocol, "--limit": args.limit, "--fps": args.fps, "--window-turns": args.window_turns,
         "--max-new-tokens": args.max_new_tokens, "--response-threshold": args.response_threshold,
-        "--max-pixels": args.max_pixels, "--plot-samples": args.plot_samples, "--judge": args.judge,
+        "--max-pixels": args.max_pixels, "--shuffle-frames": args.shuffle_frames,
+        "--plot-samples": args.plot_samples, "--judge": args.judge,
         "--lexical-method": args.lexical_method, "--judge-base-url": args.judge_base_url,
         "--judge-model": args.judge_model, "--judge-api-key-env": args.judge_api_key_env,
         "--judge-cache": args.judge_cache, "--judge-concurrency": args.judge_concurrency,

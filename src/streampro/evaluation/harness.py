@@ -70,6 +70,8 @@ class EvalConfig:
     max_new_tokens: int
     response_threshold: float | None
     max_pixels: int | None
+    # Control run (docs/evaluation.md, "Shuffled-frames control"): frames in a seeded random order.
+    shuffle_frames: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -237,7 +239,22 @@ def merge_predictions(out_dir: Path, references: list[dict]) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 
 
-def evaluate_sample(protocol, ref: dict, video_root: Path, fps: float, max_pixels: int | None) -> dict:
+def shuffle_frames(frames, seed: int) -> list:
+    """The same ``(time, image)`` frames with the images in a seeded random order, times kept.
+
+    A control, not an evaluation: a model that really uses the video changes its decisions when
+    the frames of a clip are shuffled in time. The order depends only on ``seed`` and the number
+    of frames, so every model sees the same shuffled clip.
+    """
+    import numpy as np
+
+    pairs = list(frames)
+    order = np.random.default_rng([seed, len(pairs)]).permutation(len(pairs))
+    return [(t, pairs[j][1]) for (t, _), j in zip(pairs, order)]
+
+
+def evaluate_sample(protocol, ref: dict, video_root: Path, fps: float, max_pixels: int | None,
+                    shuffle_seed: int | None = None) -> dict:
     """Stream one reference through ``protocol``; bad input raises :class:`SampleError`."""
     from streampro.metrics import FormatError, validate_reference
     from streampro.video import VideoReadError, iter_video_frames
@@ -251,6 +268,8 @@ def evaluate_sample(protocol, ref: dict, video_root: Path, fps: float, max_pixel
         raise SampleError("missing_video", f"{video} not found; check --video-root and the reference's 'video'")
     try:
         frames = iter_video_frames(video, fps, max_pixels=max_pixels)
+        if shuffle_seed is not None:
+            frames = shuffle_frames(frames, shuffle_seed)
         out = protocol.run(frames, ref["question"], float(ref["question_time"]))
     except VideoReadError as e:
         raise SampleError("video_error", str(e)) from None
@@ -322,7 +341,8 @@ def run_shard(config: EvalConfig, references: list[dict], out_dir: Path, dist: D
     try:
         for ref in todo:
             try:
-                record = evaluate_sample(protocol, ref, video_root, config.fps, config.max_pixels)
+                record = evaluate_sample(protocol, ref, video_root, config.fps, config.max_pixels,
+                                         config.shuffle_frames)
             except SampleError as e:
                 if strict:
                     raise RunError(f"sample {ref['id']!r}: {e} (--strict stops at the first bad sample)") from None
