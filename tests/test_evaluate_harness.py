@@ -84,10 +84,16 @@ def lines(path: Path) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_registered_in_streampro_cli():
-    from streampro.cli import COMMANDS
+def test_registered_in_streampro_cli(monkeypatch, tmp_path, capsys):
+    import streampro.cli
 
-    assert COMMANDS["evaluate"][0] == "streampro.evaluation.cli"
+    assert streampro.cli.COMMANDS["evaluate"][0] == "streampro.evaluation.cli"
+    # Through the top-level command (only this sub-command registered, so others cannot interfere).
+    monkeypatch.setattr(streampro.cli, "COMMANDS", {"evaluate": streampro.cli.COMMANDS["evaluate"]})
+    rc = streampro.cli.main(["evaluate", "--benchmark", str(tmp_path / "b.jsonl"), "--video-root",
+                             str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--video-root" in err and "no such directory" in err
 
 
 def test_synth_run_end_to_end(checkpoint, synth, tmp_path):
