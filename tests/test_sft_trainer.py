@@ -46,13 +46,13 @@ def make_trainer(tmp_path, data, backbone="qwen2_5_vl", n_records=8, **overrides
     root, records = data
     tb = build_tiny_backbone(backbone, seed=0, streampro=True)
     tb.model.train()
-    args = dict(
-        output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, gradient_checkpointing=False,
-        per_device_train_batch_size=4, gradient_accumulation_steps=1, max_steps=1, learning_rate=1.0,
-        optim="sgd", lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0,
-        train_sampling_strategy="sequential", logging_steps=1, save_strategy="no", report_to="none",
-        disable_tqdm=True, seed=0, dataloader_num_workers=0,
-    )
+    args = {
+        "output_dir": str(tmp_path / "out"), "use_cpu": True, "bf16": False, "gradient_checkpointing": False,
+        "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": 1, "learning_rate": 1.0,
+        "optim": "sgd", "lr_scheduler_type": "constant", "warmup_steps": 0, "weight_decay": 0.0,
+        "max_grad_norm": 0.0, "train_sampling_strategy": "sequential", "logging_steps": 1, "save_strategy": "no",
+        "report_to": "none", "disable_tqdm": True, "seed": 0, "dataloader_num_workers": 0,
+    }
     args.update(overrides)
     return StreamProSFTTrainer(
         model=tb.model,
@@ -94,7 +94,7 @@ def test_accumulated_loss_is_normalised_by_global_token_count(tmp_path, data, lo
     before = params(trainer.model)
     trainer.train()
     collate = trainer.data_collator
-    root, records = data
+    _, records = data
     batches = [collate(records[:4]), collate(records[4:8])]
     n_global = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
     reference.zero_grad()
@@ -143,8 +143,8 @@ def test_freeze_vision_tower_keeps_qwen3_deepstack_mergers_trainable():
 
 
 def test_save_then_resume_continues_identically(tmp_path, data):
-    common = dict(max_steps=4, optim="adamw_torch", learning_rate=1e-3, lr_scheduler_type="linear", n_records=8,
-                  per_device_train_batch_size=2)
+    common = {"max_steps": 4, "optim": "adamw_torch", "learning_rate": 1e-3, "lr_scheduler_type": "linear",
+              "n_records": 8, "per_device_train_batch_size": 2}
     straight = make_trainer(tmp_path / "a", data, **common)
     straight.train()
     interrupted = make_trainer(tmp_path / "b", data, save_strategy="steps", save_steps=2, **common)
@@ -153,7 +153,7 @@ def test_save_then_resume_continues_identically(tmp_path, data):
     assert (checkpoint / "optimizer.pt").exists()
     resumed = make_trainer(tmp_path / "b", data, **common)
     resumed.train(resume_from_checkpoint=str(checkpoint))
-    losses = lambda t: [h["loss"] for h in t.state.log_history if "loss" in h]  # noqa: E731
+    losses = lambda t: [h["loss"] for h in t.state.log_history if "loss" in h]
     assert len(losses(straight)) == 4
     assert losses(resumed) == pytest.approx(losses(straight), rel=1e-5)  # steps 1-2 come from the checkpoint
     for n, p in params(straight.model).items():
