@@ -29,6 +29,10 @@ Overridden methods (pinned to trl==1.16.0; tests/test_grpo_contract.py fails lou
   (a failed judge) is unscorable — left out of its group's mean/std and given advantage 0 —
   where TRL would ``nansum`` the other rewards (a silent 0 for the failed one).
 
+Engine hook: :class:`RolloutSession` subclasses the engine's ``StreamSession`` and overrides only
+``_pick`` (suppress frame-placeholder tokens, record sampled log-probs); also covered by the
+contract test.
+
 Not overridden: ``_prepare_inputs`` (buffering, ``steps_per_generation``), ``_compute_loss``,
 ``compute_loss``, ``training_step``, logging. vLLM generation is not supported (config check).
 """
@@ -44,6 +48,7 @@ from accelerate.utils import gather, gather_object, is_peft_model
 from streampro.modeling_streampro.modeling_streampro import StreamSession
 from streampro.modeling_streampro.processing_streampro import num_turns, turn_index_for_time
 from streampro.trainer.rewards import build_reward_funcs, trajectory_transcript
+from tqdm.auto import tqdm
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 from trl.models.utils import disable_gradient_checkpointing
@@ -239,7 +244,13 @@ class StreamProGRPOTrainer(GRPOTrainer):
             policy.eval()
             try:
                 out = []
-                for sample in inputs:
+                bar = tqdm(
+                    inputs,
+                    desc="rollouts",
+                    leave=False,
+                    disable=self.args.disable_tqdm or not self.accelerator.is_local_main_process,
+                )
+                for sample in bar:
                     key = str(sample["id"])
                     if key not in frames_by_id:
                         frames_by_id[key] = self._load_frames(sample)
