@@ -163,3 +163,8 @@ def test_load_rl_samples_filters_and_names_bad_lines(tmp_path, caplog):
     path.write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[0], "answers": []}) + "\n")
     with pytest.raises(ValueError, match=r"rl.jsonl:2: .*answers"):
         load_rl_samples(str(path))
+    path.write_text(
+        json.dumps({**rows[0], "rubric": [{"rubric_id": 1, "dimension": "coverage", "rubric": "x"}]}) + "\n"
+    )
+    with pytest.raises(ValueError, match=r"rl.jsonl:1: rubric: has 1 items"):
+        load_rl_samples(str(path))

@@ -223,6 +223,25 @@ def test_greedy_rollout_decisions_equal_generate_stream(data, tmp_path):
     assert free.rollout(free.model, sample, frames).ids == free.rollout(free.model, sample, frames).ids
 
 
+def test_failed_judge_makes_a_rollout_unscorable_not_zero(data, tmp_path):
+    """A NaN (judge failure) in any weighted reward: NaN reward, out of the group statistics, advantage 0."""
+    trainer = make_trainer(data, tmp_path)  # weights 0.1 / 0.45 / 0.45, G = 2
+    nan = float("nan")
+    rewards_per_func = torch.tensor(
+        [[1.0, 2.0, 1.0], [0.0, 0.0, 0.0], [1.0, nan, 1.0], [0.5, 1.0, 0.5], [0.0, 1.0, 0.0], [1.0, 1.0, nan]]
+    )
+    trainer.num_generations = 3
+    advantages, rewards, _ = trainer._advantages(rewards_per_func, "train")
+    total = lambda r: 0.1 * r[0] + 0.45 * r[1] + 0.45 * r[2]
+    assert torch.isnan(rewards[2]) and torch.isnan(rewards[5])
+    assert advantages[2] == 0 and advantages[5] == 0
+    # Group 1 statistics come from rollouts 0 and 1 only; group 2 from 3 and 4.
+    r0, r1 = total([1.0, 2.0, 1.0]), total([0.0, 0.0, 0.0])
+    std = torch.tensor([r0, r1]).std()
+    assert advantages[0].item() == pytest.approx((r0 - (r0 + r1) / 2) / (std.item() + 1e-4), rel=1e-5)
+    assert advantages[3] > 0 > advantages[4]
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="window_turns"):
         StreamProGRPOConfig(

@@ -37,6 +37,7 @@ def load_rl_samples(
     from pathlib import Path
 
     from datasets import Dataset
+    from streampro.dataset_scripts.rubrics import validate_rubric
     from streampro.dataset_scripts.schema import iter_jsonl
     from streampro.metrics import FormatError, validate_reference
     from streampro.modeling_streampro.processing_streampro import num_turns
@@ -53,6 +54,8 @@ def load_rl_samples(
             raise ValueError(f"{path}:{lineno}: {e}") from None
         if "rubric" not in row:
             raise ValueError(f"{path}:{lineno}: RL sample has no 'rubric' field (null when none is written)")
+        if row["rubric"] is not None:
+            validate_rubric(row["rubric"], f"{path}:{lineno}: rubric")
         if tasks and row["task"] not in tasks:
             continue
         if max_frames is not None and num_turns(float(row["duration"]), fps) > max_frames:
