@@ -54,6 +54,11 @@ def load_rl_samples(
             raise ValueError(f"{path}:{lineno}: {e}") from None
         if "rubric" not in row:
             raise ValueError(f"{path}:{lineno}: RL sample has no 'rubric' field (null when none is written)")
+        if row.get("fps") is not None and float(row["fps"]) != fps:
+            raise ValueError(
+                f"{path}:{lineno}: sample built at {row['fps']:g} fps but the config streams at fps={fps:g}; "
+                "rebuild the RL samples or set --fps to match"
+            )
         if row["rubric"] is not None:
             validate_rubric(row["rubric"], f"{path}:{lineno}: rubric")
         if tasks and row["task"] not in tasks:
