@@ -216,11 +216,31 @@ def test_greedy_rollout_decisions_equal_generate_stream(data, tmp_path):
         assert [t["text"] for t in r.turns] == [e.text for e in events]
         decisions += [e.decision for e in events if e.p_response is not None]
     assert {"response", "silence"} <= set(decisions)
-    # Unconstrained greedy rollouts are deterministic too (two runs agree token for token).
-    free = make_trainer(data, tmp_path / "free", rollout_do_sample=False)
-    sample = free.train_dataset[0]
-    frames = free._load_frames(sample)
-    assert free.rollout(free.model, sample, frames).ids == free.rollout(free.model, sample, frames).ids
+    # The GRPO mode itself (first token from the full vocabulary), greedy: where the arg-max over the
+    # vocabulary is a decision token (here always, once <|im_end|> is no longer boosted), the
+    # decisions and texts are generate_stream's; two runs agree token for token.
+    free = make_trainer(data, tmp_path / "free", rollout_do_sample=False, constrain_decision=False)
+    with torch.no_grad():
+        free.model.lm_head.weight[processor.response_token_id, 1:] += 2.0 * noise
+        free.model.lm_head.weight[processor.end_of_turn_id, 0] = 0.0
+    free_decisions = []
+    for sample in free.train_dataset:
+        frames = free._load_frames(sample)
+        r = free.rollout(free.model, sample, frames)
+        events = list(
+            free.model.generate_stream(
+                frames,
+                sample["question"],
+                processor=processor,
+                question_time=sample["question_time"],
+                max_new_tokens=4,
+            )
+        )
+        assert [t["decision"] for t in r.turns] == [e.decision for e in events]
+        assert [t["text"] for t in r.turns] == [e.text for e in events]
+        assert free.rollout(free.model, sample, frames).ids == r.ids
+        free_decisions += [t["decision"] for t in r.turns if not t["forced"]]
+    assert {"response", "silence"} <= set(free_decisions)
 
 
 def test_failed_judge_makes_a_rollout_unscorable_not_zero(data, tmp_path):
