@@ -120,7 +120,7 @@ def spy_batches(trainer) -> list[dict]:
 
 
 def test_two_step_cpu_run_updates_policy_with_masked_frames(data, tmp_path):
-    trainer = make_trainer(data, tmp_path)
+    trainer = make_trainer(data, tmp_path, log_completions=True)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     batches = spy_batches(trainer)
     trainer.train()
@@ -162,6 +162,13 @@ def test_two_step_cpu_run_updates_policy_with_masked_frames(data, tmp_path):
     assert any(h["frac_reward_zero_std"] < 1 for h in logs)
     advantages = torch.cat([b["advantages"] for b in batches])
     assert torch.isfinite(advantages).all() and advantages.abs().sum() > 0
+
+    # The completions table (log_completions) holds each trajectory's timed responses.
+    import pandas as pd
+
+    table = pd.read_parquet(max((tmp_path / "out" / "completions").glob("*.parquet")))
+    assert list(table["prompt"].unique()) == ["Tell me when the colour changes."]
+    assert table["completion"].str.contains(r"^\[\d+s\]|stayed silent", regex=True).all()
 
 
 def test_policy_mask_is_exactly_the_generated_tokens(data, tmp_path):
