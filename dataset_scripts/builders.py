@@ -42,7 +42,7 @@ from streampro.dataset_scripts.schema import (
     read_raw,
     to_reference,
 )
-from streampro.modeling_streampro.processing_streampro import num_turns, turn_index_for_time, turn_time
+from streampro.modeling_streampro.time_streampro import num_turns, turn_index_for_time, turn_time
 
 logger = logging.getLogger(__name__)
 

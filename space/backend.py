@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from streampro.modeling_streampro.processing_streampro import num_turns, turn_index_for_time, turn_time
+from streampro.modeling_streampro.time_streampro import num_turns, turn_index_for_time, turn_time
 
 logger = logging.getLogger(__name__)
 

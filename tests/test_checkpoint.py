@@ -52,7 +52,7 @@ def saved(request, tmp_path_factory):
 
 def test_save_writes_remote_code_and_auto_map(saved):
     path, _, _ = saved
-    for name in ("configuration_streampro.py", "modeling_streampro.py", "processing_streampro.py"):
+    for name in ("configuration_streampro.py", "modeling_streampro.py", "processing_streampro.py", "time_streampro.py"):
         assert (path / name).exists()
     auto_map = json.loads((path / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageTextToText", "AutoModelForCausalLM",

@@ -36,8 +36,9 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
 
 
-def print_events(events, out_path: str | None = None, stream=sys.stdout) -> list[dict]:
+def print_events(events, out_path: str | None = None, stream=None) -> list[dict]:
     """Print responses as they happen (silent stretches summarised); optionally write every event as JSONL."""
+    stream = stream or sys.stdout
     out = open(out_path, "w", encoding="utf-8") if out_path else None
     records, silent_from = [], None
     try:

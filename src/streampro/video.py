@@ -36,7 +36,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from streampro.modeling_streampro.processing_streampro import num_turns, turn_time
+from streampro.modeling_streampro.time_streampro import num_turns, turn_time
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from streampro.modeling_streampro.processing_streampro import time_tag, turn_index_for_time, turn_time
+from streampro.modeling_streampro.time_streampro import time_tag, turn_index_for_time, turn_time
 
 logger = logging.getLogger(__name__)
 
