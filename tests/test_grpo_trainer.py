@@ -69,9 +69,7 @@ def data(tmp_path_factory):
     return root
 
 
-def make_trainer(root, tmp_path, **overrides):
-    from trl import ModelConfig
-
+def make_args(root, tmp_path, **overrides) -> dict:
     args = {
         "output_dir": str(tmp_path / "out"),
         "use_cpu": True,
@@ -101,8 +99,14 @@ def make_trainer(root, tmp_path, **overrides):
         "turn_judge": "lexical",
     }
     args.update(overrides)
+    return args
+
+
+def make_trainer(root, tmp_path, **overrides):
+    from trl import ModelConfig
+
     script = GRPOScriptArguments(model=str(root / "model"), train_file=str(root / "rl.jsonl"))
-    return build_trainer(script, StreamProGRPOConfig(**args), ModelConfig())
+    return build_trainer(script, StreamProGRPOConfig(**make_args(root, tmp_path, **overrides)), ModelConfig())
 
 
 def spy_batches(trainer) -> list[dict]:
@@ -267,6 +271,26 @@ def test_failed_judge_makes_a_rollout_unscorable_not_zero(data, tmp_path):
     std = torch.tensor([r0, r1]).std()
     assert advantages[0].item() == pytest.approx((r0 - (r0 + r1) / 2) / (std.item() + 1e-4), rel=1e-5)
     assert advantages[3] > 0 > advantages[4]
+
+
+def test_kl_term_and_lora_adapters(data, tmp_path):
+    """beta > 0 (a reference copy of the checkpoint, needs trust_remote_code) and LoRA both run a step."""
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        make_trainer(data, tmp_path / "a", beta=0.04)
+    trainer = make_trainer(data, tmp_path / "b", beta=0.04, trust_remote_code=True, max_steps=1)
+    trainer.train()
+    (log,) = [h for h in trainer.state.log_history if "reward" in h]
+    assert np.isfinite(log["kl"]) and np.isfinite(log["loss"])
+
+    from trl import ModelConfig
+
+    args = StreamProGRPOConfig(**make_args(data, tmp_path / "c", max_steps=1))
+    script = GRPOScriptArguments(model=str(data / "model"), train_file=str(data / "rl.jsonl"))
+    lora = build_trainer(script, args, ModelConfig(use_peft=True, lora_r=4))
+    before = {n: p.detach().clone() for n, p in lora.model.named_parameters() if p.requires_grad}
+    lora.train()
+    after = dict(lora.model.named_parameters())
+    assert any("lora_" in n and not torch.equal(before[n], after[n].detach()) for n in before)
 
 
 def test_config_checks():

@@ -114,6 +114,16 @@ class StreamProGRPOTrainer(GRPOTrainer):
             raise TypeError(
                 "reward functions come from the config (format_weight, turn_weight, traj_weight, judges)"
             )
+        if (
+            args.beta != 0.0
+            and kwargs.get("peft_config") is None
+            and not is_peft_model(model)
+            and not args.trust_remote_code
+        ):
+            raise ValueError(
+                "beta > 0 makes TRL load a reference copy of the checkpoint, which carries StreamPro's remote code: "
+                "set trust_remote_code: true (or beta: 0, or train LoRA adapters, whose reference is the base model)"
+            )
         rubric_options = dict(args.rubric_judge_options or {})
         if args.rubric_judge == "llm":
             rubric_options.update(base_url=args.rubric_endpoint, model=args.rubric_model)
