@@ -163,6 +163,13 @@ def test_load_rl_samples_filters_and_names_bad_lines(tmp_path, caplog):
     path.write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[0], "answers": []}) + "\n")
     with pytest.raises(ValueError, match=r"rl.jsonl:2: .*answers"):
         load_rl_samples(str(path))
+    dims = ("granularity", "coherence", "coverage")
+    rubric = [{"rubric_id": i, "dimension": dims[i % 3], "rubric": f"r{i}"} for i in range(6)]
+    path.write_text(
+        json.dumps({**rows[0], "rubric": rubric}) + "\n" + json.dumps({**rows[0], "id": "b"}) + "\n"
+    )
+    ds = load_rl_samples(str(path))
+    assert ds[0]["rubric"] == rubric and ds[1]["rubric"] is None  # survives the Arrow round trip
     path.write_text(
         json.dumps({**rows[0], "rubric": [{"rubric_id": 1, "dimension": "coverage", "rubric": "x"}]}) + "\n"
     )
