@@ -120,3 +120,11 @@ def test_train_cli_hands_every_argument_to_the_stage_parser():
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train_cli.run(argparse.Namespace(stage="sft", stage_args=[
             "--config", str(RECIPE), "--train_file", "/nonexistent/train.jsonl", "--use_cpu", "true"]))
+
+
+def test_streampro_train_sft_is_registered():
+    from streampro.cli import build_parser
+
+    args = build_parser().parse_args(["train", "sft", "--config", "recipe.yaml", "--max_steps", "3"])
+    assert args.command == "train" and args.stage == "sft"
+    assert args.stage_args == ["--config", "recipe.yaml", "--max_steps", "3"]
