@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "streampro.dataset_scripts.cli",
         "Datasets: convert annotations, build SFT/RL/bench files, make StreamPro-Synth.",
     ),
+    "reproduce": ("streampro.reproduce", "Reproduce the paper's training story on StreamPro-Synth (tiny CPU model, controls)."),
     "space": ("streampro.space.cli", "Serve the Gradio Space (upload / webcam streaming, scoring) locally."),
 }
 

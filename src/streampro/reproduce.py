@@ -1,0 +1,591 @@
+"""``streampro reproduce``: the paper's training story on StreamPro-Synth, end to end, on a CPU.
+
+    streampro reproduce --out runs/reproduce                 # the full run (docs/reproduce.md)
+    streampro reproduce --out runs/reproduce-quick --quick   # a minutes-long smoke run (CI)
+    streampro reproduce --out runs/reproduce --install-assets   # also ship the chosen model + demo clips
+
+Stages, each skipped when its output already exists (kill it at any time and run the same command
+again; a half-trained SFT/GRPO stage resumes from its last Trainer checkpoint):
+
+1. ``data``   — StreamPro-Synth (``streampro data synth``) at ``--size`` px.
+2. ``init``   — one tiny, randomly initialised Qwen2.5-VL StreamPro model (real architecture,
+   tiny config), shared by every loss so that only the loss differs.
+3. ``sft-ce``, ``sft-focal``, ``sft-cb_stream`` — SFT with the same data order, steps, batch,
+   learning rate and seed (``streampro train sft`` code path, ``trainer/sft.py``).
+4. ``grpo``   — GRPO from the ``cb_stream`` checkpoint (``trainer/grpo.py``), offline rewards.
+5. ``eval``   — ``streampro evaluate`` (exact judge) of every model on the test split, on the test
+   split with frames shuffled in time (``--shuffle-frames``), and on the validation split.
+6. ``baseline`` — per task, answer once at the best constant time with the most common answer,
+   both chosen on the VALIDATION split, scored on test by the same metric.
+7. ``report`` — ``results.md`` / ``results.json`` (paper layout + controls + "works" marks) and
+   plots; the final model is chosen by VALIDATION W-Avg F1 (never by test).
+
+Nothing here selects a setting on the test split. The CPU speed-ups of
+:mod:`streampro.cpu_speedups` (numerically equivalent) are applied to the training models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+LOSSES = ("ce", "focal", "cb_stream")
+MODELS = tuple(f"sft-{loss}" for loss in LOSSES) + ("grpo",)
+RL_TASKS = ("EU", "OU", "AA", "TP", "TG", "GP")  # the paper's RL tasks (no RF)
+SHUFFLE_SEED = 0
+# A model "works" on a task when it beats the fixed-time baseline AND its F1 under shuffled
+# frames falls by at least this many points and this fraction of its own F1.
+SHUFFLE_DROP_POINTS = 5.0
+SHUFFLE_DROP_FRACTION = 0.25
+ASSETS_DIR = Path(__file__).parent / "assets"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Everything that sets the cost of a run; the same for the three SFT losses."""
+
+    n_clips: int = 420  # StreamPro-Synth clips over 7 tasks: 48 train / 6 validation / 6 test per task
+    size: int = 56  # frame side in px: 56 px = 4x4 patches of 14 px = 4 image tokens per frame
+    text_hidden: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_intermediate: int = 384
+    vision_hidden: int = 128
+    vision_depth: int = 2
+    vision_heads: int = 4
+    vision_intermediate: int = 256
+    sft_steps: int = 1000
+    sft_batch: int = 4
+    sft_lr: float = 1e-3
+    sft_warmup: int = 20
+    grpo_steps: int = 30
+    grpo_generations: int = 4
+    grpo_batch: int = 8  # completions per step: 2 samples x 4 rollouts
+    grpo_lr: float = 5e-5
+    grpo_max_new_tokens: int = 16
+    eval_max_new_tokens: int = 24
+
+    def model_sizes(self) -> dict:
+        keys = ("text_hidden", "text_layers", "text_heads", "text_kv_heads", "text_intermediate",
+                "vision_hidden", "vision_depth", "vision_heads", "vision_intermediate")
+        return {k: getattr(self, k) for k in keys}
+
+
+FULL = Budget()
+# --quick: 3 clips per task (1 train / 1 validation / 1 test), a smaller model, a few steps.
+QUICK = replace(FULL, n_clips=21, text_hidden=64, text_layers=2, text_intermediate=128, vision_hidden=32,
+                vision_heads=2, vision_intermediate=64, sft_steps=3, sft_batch=2, sft_warmup=0, grpo_steps=1,
+                grpo_generations=2, grpo_batch=2, grpo_max_new_tokens=4, eval_max_new_tokens=2)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage bookkeeping
+# --------------------------------------------------------------------------------------------
+
+
+class Run:
+    """The output folder, its stage timings (``timings.json``) and the budget it was started with."""
+
+    def __init__(self, out: Path, budget: Budget, seed: int, quick: bool, models: tuple[str, ...] = MODELS):
+        self.out, self.budget, self.seed, self.models = out, budget, seed, models
+        out.mkdir(parents=True, exist_ok=True)
+        settings = {"budget": asdict(budget), "seed": seed, "quick": quick}
+        path = out / "settings.json"
+        if path.exists():
+            stored = json.loads(path.read_text())
+            if stored != settings:
+                raise ValueError(
+                    f"{out} was started with other settings ({path}: {stored}); resume with the same options "
+                    "or pass a new --out"
+                )
+        else:
+            path.write_text(json.dumps(settings, indent=2) + "\n")
+        self.timings_path = out / "timings.json"
+        self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    def model_dir(self, name: str) -> Path:
+        return self.out / "models" / name
+
+    def eval_dir(self, model: str, split: str) -> Path:
+        return self.out / "eval" / model / split
+
+    @contextmanager
+    def stage(self, name: str, done: bool):
+        """Log a stage's start and wall time; skip its body (yield False) when ``done``."""
+        if done:
+            logger.info("[%s] already done, skipped", name)
+            yield False
+            return
+        logger.info("[%s] started", name)
+        start = time.monotonic()
+        yield True
+        seconds = time.monotonic() - start
+        self.record_time(name, seconds)
+        logger.info("[%s] done in %.1f s", name, seconds)
+
+    def record_time(self, name: str, seconds: float) -> None:
+        """Add one stage's wall time to ``timings.json`` (locked: parallel SFT workers share the file)."""
+        import fcntl
+
+        with (self.out / ".timings.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stored = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+            stored[name] = round(seconds, 1)
+            self.timings_path.write_text(json.dumps(stored, indent=2) + "\n")
+            self.timings = stored
+
+
+def _is_model(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def _last_checkpoint(work: Path) -> str | None:
+    ckpts = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+
+
+def build_data(run: Run) -> None:
+    from streampro.dataset_scripts.synth import generate
+
+    with run.stage("data", (run.data / "README.md").is_file()) as todo:
+        if todo:
+            generate(run.data, n=run.budget.n_clips, seed=run.seed, size=run.budget.size, progress=True)
+
+
+def build_init(run: Run) -> None:
+    from streampro.backbones import build_tiny_backbone
+
+    path = run.model_dir("init")
+    with run.stage("init", _is_model(path)) as todo:
+        if todo:
+            side = run.budget.size
+            tb = build_tiny_backbone("qwen2_5_vl", seed=run.seed, streampro=True, min_pixels=side * side,
+                                     max_pixels=side * side, **run.budget.model_sizes())
+            n = sum(p.numel() for p in tb.model.parameters())
+            logger.info("tiny Qwen2.5-VL StreamPro model: %.2f M parameters", n / 1e6)
+            tb.model.save_pretrained(path)
+            tb.processor.save_pretrained(path)
+
+
+def _train(build_trainer, parser_types, argv: list[str], work: Path) -> None:
+    """Parse ``argv`` like the stage script, build its trainer, apply the CPU speed-ups, train, save."""
+    from trl import TrlParser
+
+    from streampro.cpu_speedups import apply_cpu_speedups
+    from streampro.trainer.sft import save_final
+
+    script_args, training_args, model_args = TrlParser(parser_types).parse_args_and_config(args=argv)
+    trainer = build_trainer(script_args, training_args, model_args)
+    apply_cpu_speedups(trainer.model)
+    trainer.train(resume_from_checkpoint=_last_checkpoint(work))
+    save_final(trainer, str(work))
+    (work / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+
+
+def _common_trainer_argv(run: Run, work: Path, steps: int) -> list[str]:
+    return [
+        "--output_dir", str(work), "--use_cpu", "true", "--bf16", "false", "--activation_checkpointing", "false",
+        "--max_steps", str(steps), "--seed", str(run.seed), "--data_seed", str(run.seed), "--report_to", "none",
+        "--dataloader_num_workers", "0", "--logging_steps", str(max(1, min(25, steps // 20))),
+        "--save_steps", str(max(1, steps // 6)), "--save_total_limit", "1", "--weight_decay", "0.0",
+        "--disable_tqdm", "false",
+    ]
+
+
+def train_sft(run: Run, loss: str) -> None:
+    from trl import ModelConfig
+
+    from streampro.trainer.sft import build_trainer
+    from streampro.trainer.sft_config import SFTScriptArguments, StreamProSFTConfig
+
+    work = run.model_dir(f"sft-{loss}")
+    with run.stage(f"sft-{loss}", _is_model(work)) as todo:
+        if todo:
+            b = run.budget
+            argv = [
+                "--model", str(run.model_dir("init")), "--train_file", str(run.data / "sft" / "train.jsonl"),
+                "--eval_file", "", "--frames_root", str(run.data), "--frame_cache_dir", str(run.data / ".frame_cache"),
+                "--loss_type", loss, "--freeze_vision", "false", "--per_device_train_batch_size", str(b.sft_batch),
+                "--gradient_accumulation_steps", "1", "--learning_rate", str(b.sft_lr), "--lr_scheduler_type",
+                "cosine", "--warmup_steps", str(b.sft_warmup), *_common_trainer_argv(run, work, b.sft_steps),
+            ]
+            _train(build_trainer, (SFTScriptArguments, StreamProSFTConfig, ModelConfig), argv, work)
+
+
+def _sft_worker(out: Path, budget: Budget, seed: int, quick: bool, models: tuple[str, ...], loss: str) -> None:
+    """One SFT stage in its own process (``--sft-jobs``): one torch thread, its own log lines."""
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [{loss}] %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    torch.set_num_threads(1)
+    train_sft(Run(out, budget, seed, quick, models), loss)
+
+
+def train_all_sft(run: Run, quick: bool, jobs: int) -> None:
+    """The three SFT stages, one after another or in ``jobs`` parallel processes (same results per loss)."""
+    if jobs <= 1:
+        for loss in LOSSES:
+            train_sft(run, loss)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    todo = [loss for loss in LOSSES if not _is_model(run.model_dir(f"sft-{loss}"))]
+    with ProcessPoolExecutor(min(jobs, max(1, len(todo))), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_sft_worker, run.out, run.budget, run.seed, quick, run.models, loss) for loss in todo]
+        for future in futures:
+            future.result()  # re-raises a worker's error here
+    run.timings = json.loads(run.timings_path.read_text())
+
+
+def train_grpo(run: Run) -> None:
+    from trl import ModelConfig
+
+    from streampro.trainer.grpo import build_trainer
+    from streampro.trainer.grpo_config import GRPOScriptArguments, StreamProGRPOConfig
+
+    work = run.model_dir("grpo")
+    with run.stage("grpo", _is_model(work)) as todo:
+        if todo:
+            b = run.budget
+            argv = [
+                "--model", str(run.model_dir("sft-cb_stream")), "--train_file", str(run.data / "rl" / "train.jsonl"),
+                "--tasks", *RL_TASKS, "--frames_root", str(run.data), "--frame_cache_dir",
+                str(run.data / ".frame_cache"), "--turn_judge", "exact", "--rubric_judge", "offline",
+                "--window_turns", "32", "--max_frames_per_rollout", "32",
+                "--max_new_tokens", str(b.grpo_max_new_tokens), "--num_generations", str(b.grpo_generations),
+                "--per_device_train_batch_size", str(b.grpo_batch), "--gradient_accumulation_steps", "1",
+                "--learning_rate", str(b.grpo_lr), "--lr_scheduler_type", "constant", "--beta", "0.0",
+                *_common_trainer_argv(run, work, b.grpo_steps),
+            ]
+            _train(build_trainer, (GRPOScriptArguments, StreamProGRPOConfig, ModelConfig), argv, work)
+
+
+def evaluate(run: Run, model: str, split: str, shuffle: bool = False) -> Path:
+    """``streampro evaluate`` (exact judge) of one model on one split; resumable by the harness."""
+    from streampro.evaluation import cli as eval_cli
+
+    name = f"{split}-shuffled" if shuffle else split
+    out = run.eval_dir(model, name)
+    with run.stage(f"eval {model} {name}", (out / "report.json").is_file()) as todo:
+        if todo:
+            parser = argparse.ArgumentParser()
+            eval_cli.add_arguments(parser)
+            argv = ["--model", str(run.model_dir(model)), "--benchmark", str(run.data / "bench" / f"{split}.jsonl"),
+                    "--video-root", str(run.data), "--out", str(out), "--judge", "exact",
+                    "--max-new-tokens", str(run.budget.eval_max_new_tokens), "--no-progress",
+                    "--plot-samples", "0"]
+            if shuffle:
+                argv += ["--shuffle-frames", str(SHUFFLE_SEED)]
+            code = eval_cli.run(parser.parse_args(argv))
+            if code != 0:
+                raise RuntimeError(f"streampro evaluate failed (exit {code}) for {model} on {name}; see the log above")
+    return out
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def fixed_time_baseline(run: Run) -> dict:
+    """Per task: the constant answer time and most common answer that maximise VALIDATION F1, scored on test."""
+    from streampro.metrics import TASKS, compute_streampro_f1
+
+    path = run.out / "baseline" / "baseline.json"
+    with run.stage("baseline", path.is_file()) as todo:
+        if todo:
+            val = _read_jsonl(run.data / "bench" / "validation.jsonl")
+            test = _read_jsonl(run.data / "bench" / "test.jsonl")
+            choice = {}
+            for task in TASKS:
+                refs = [r for r in val if r["task"] == task]
+                answer = Counter(a["text"] for r in refs for a in r["answers"]).most_common(1)[0][0]
+                longest = int(max(r["duration"] for r in refs))
+                best = None
+                for t in range(1, longest + 1):
+                    preds = [_constant(t, answer, r) for r in refs]
+                    f1 = compute_streampro_f1(preds, refs, judge="exact")[f"{task}_f1"]
+                    if best is None or f1 > best[0]:  # the earliest time wins ties
+                        best = (f1, t)
+                choice[task] = {"time": float(best[1]), "answer": answer, "validation_f1": best[0]}
+            preds = [_constant(choice[r["task"]]["time"], choice[r["task"]]["answer"], r) for r in test]
+            results = compute_streampro_f1(preds, test, judge="exact")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"choice": choice, "results": results}, indent=2) + "\n")
+    return json.loads(path.read_text())
+
+
+def _constant(t: float, answer: str, ref: dict) -> list[dict]:
+    # A clip shorter than t gets no answer at all (it scores 0, like a model that stays silent).
+    return [{"time": float(t), "text": answer}] if t <= ref["duration"] else []
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def collect(run: Run, baseline: dict) -> dict:
+    """Every row of the results table (test split) plus validation W-Avg for model selection."""
+    rows = {"fixed-time baseline": baseline["results"]}
+    validation = {}
+    for model in run.models:
+        rows[model] = json.loads((run.eval_dir(model, "test") / "report.json").read_text())["results"]
+        rows[f"{model} (shuffled frames)"] = json.loads(
+            (run.eval_dir(model, "test-shuffled") / "report.json").read_text())["results"]
+        validation[model] = json.loads((run.eval_dir(model, "validation") / "report.json").read_text())["results"]
+    final = max(run.models, key=lambda m: (validation[m]["w_avg_f1"] or 0.0, -run.models.index(m)))
+    works = {}
+    for model in run.models:
+        works[model] = {}
+        for task in _tasks(rows[model]):
+            f1, base = rows[model][f"{task}_f1"], rows["fixed-time baseline"].get(f"{task}_f1", 0.0)
+            shuffled = rows[f"{model} (shuffled frames)"].get(f"{task}_f1", 0.0)
+            drop = f1 - shuffled
+            works[model][task] = bool(f1 > base and drop >= SHUFFLE_DROP_POINTS and drop >= SHUFFLE_DROP_FRACTION * f1)
+    return {
+        "rows": rows,
+        "models": list(run.models),
+        "validation_w_avg_f1": {m: validation[m]["w_avg_f1"] for m in run.models},
+        "final_model": final,
+        "works": works,
+        "baseline_choice": baseline["choice"],
+        "timings_s": run.timings,
+        "settings": json.loads((run.out / "settings.json").read_text()),
+    }
+
+
+def _tasks(results: dict) -> list[str]:
+    from streampro.metrics import TASKS
+
+    return [t for t in TASKS if f"{t}_f1" in results]
+
+
+def _fmt(x) -> str:
+    return "–" if x is None else f"{x:.1f}"
+
+
+def format_results(summary: dict) -> str:
+    from streampro.metrics import TASKS
+
+    rows = summary["rows"]
+    lines = ["# StreamPro-Synth reproduction (test split, exact judge, ×100)", ""]
+    head = "| model | " + " | ".join(f"{t} Time | {t} Acc | {t} P | {t} R | {t} F1" for t in TASKS)
+    lines += [head + " | PU | TR | PA | Avg | W-Avg |", "|---" * (2 + 5 * len(TASKS) + 4) + "|"]
+    for name, r in rows.items():
+        cells = [_fmt(r.get(f"{t}_{k}")) for t in TASKS for k in ("time", "acc", "precision", "recall", "f1")]
+        cells += [_fmt(r.get(k)) for k in ("PU_f1", "TR_f1", "PA_f1", "avg_f1", "w_avg_f1")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Per-task F1 and controls", "",
+              ("A model *works* on a task (✓) when its F1 beats the fixed-time baseline and falls by ≥ "
+              f"{SHUFFLE_DROP_POINTS:g} points and ≥ {100 * SHUFFLE_DROP_FRACTION:g} % of itself when the frames are "
+              "shuffled in time."), "",
+              "| model | " + " | ".join(TASKS) + " | W-Avg | works on |", "|---" * (len(TASKS) + 3) + "|"]
+    base, models = rows["fixed-time baseline"], summary["models"]
+    lines.append("| fixed-time baseline | " + " | ".join(_fmt(base.get(f"{t}_f1")) for t in TASKS)
+                 + f" | {_fmt(base.get('w_avg_f1'))} | – |")
+    for model in models:
+        r, s, w = rows[model], rows[f"{model} (shuffled frames)"], summary["works"][model]
+        cells = [f"{_fmt(r.get(f'{t}_f1'))} / {_fmt(s.get(f'{t}_f1'))}{' ✓' if w.get(t) else ''}" for t in TASKS]
+        lines.append(f"| {model} (plain / shuffled) | " + " | ".join(cells)
+                     + f" | {_fmt(r.get('w_avg_f1'))} / {_fmt(s.get('w_avg_f1'))} | {sum(w.values())} of {len(w)} |")
+    lines += ["", "Fixed-time baseline (chosen on validation): "
+              + "; ".join(f"{t} at {c['time']:g} s `{c['answer']}`" for t, c in summary["baseline_choice"].items()), "",
+              "Validation W-Avg F1 (model selection): "
+              + ", ".join(f"{m} {_fmt(v)}" for m, v in summary["validation_w_avg_f1"].items())
+              + f" → final model **{summary['final_model']}**.", "",
+              "Stage wall times (s): " + ", ".join(f"{k} {v:g}" for k, v in summary["timings_s"].items()), ""]
+    return "\n".join(lines)
+
+
+def plot_task_f1(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from streampro.metrics import TASKS
+
+    models = summary["models"]
+    names = ["fixed-time baseline", *models]
+    x = np.arange(len(TASKS))
+    width = 0.8 / len(names)
+    fig, axes = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
+    for i, name in enumerate(names):
+        vals = [summary["rows"][name].get(f"{t}_f1") or 0.0 for t in TASKS]
+        axes[0].bar(x + (i - len(names) / 2 + 0.5) * width, vals, width, label=name)
+    for i, model in enumerate(models):
+        r, s = summary["rows"][model], summary["rows"][f"{model} (shuffled frames)"]
+        drop = [(r.get(f"{t}_f1") or 0.0) - (s.get(f"{t}_f1") or 0.0) for t in TASKS]
+        axes[1].bar(x + (i - len(models) / 2 + 0.5) * width, drop, width, label=model, color=f"C{i + 1}")
+    axes[0].set_ylabel("F1 (test)")
+    axes[0].set_title("Per-task StreamPro-F1 on StreamPro-Synth test (exact judge)")
+    axes[0].legend(fontsize=8, ncol=5)
+    axes[1].axhline(SHUFFLE_DROP_POINTS, color="gray", lw=0.8, ls="--")
+    axes[1].set_ylabel("F1 − F1 shuffled")
+    axes[1].set_title("Shuffled-frames control: how much F1 each model loses when frames are shuffled")
+    axes[1].set_xticks(x, TASKS)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_timelines(run: Run, summary: dict, path: Path) -> None:
+    """One test clip per task: ground-truth windows, t*, and each model's (and the baseline's) responses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from streampro.metrics import TASK_SPECS, TASKS
+
+    test = _read_jsonl(run.data / "bench" / "test.jsonl")
+    preds = {m: {r["id"]: r for r in _read_jsonl(run.eval_dir(m, "test") / "predictions.jsonl")} for m in run.models}
+    clips = [next(r for r in test if r["task"] == t) for t in TASKS if any(r["task"] == t for r in test)]
+    lanes = ["baseline", *run.models]
+    fig, axes = plt.subplots(len(clips), 1, figsize=(11, 1.25 * len(clips) + 0.6), squeeze=False)
+    for ax, ref in zip(axes[:, 0], clips):
+        spec = TASK_SPECS[ref["task"]]
+        for a in ref["answers"]:
+            t_star = a.get("time", a.get("end"))
+            lo = (a["start"] if "start" in a and ref["task"] in ("EU", "TP") else t_star) - spec.before
+            hi = (a.get("end", t_star)) + spec.after
+            ax.axvspan(lo, hi, color="tab:green", alpha=0.15)
+            ax.axvline(t_star, color="tab:green", lw=1)
+        ax.axvline(ref["question_time"], color="black", lw=0.8, ls=":")
+        choice = summary["baseline_choice"][ref["task"]]
+        ax.plot([choice["time"]], [0], "k|", ms=10, mew=2)
+        for i, m in enumerate(run.models, 1):
+            record = preds[m][ref["id"]]
+            times = [p["time"] for p in record["predictions"]]
+            ax.plot(times, [i] * len(times), "o", ms=5, color=f"C{i}")
+        ax.set_yticks(range(len(lanes)), lanes, fontsize=7)
+        ax.set_xlim(0, ref["duration"] + 1)
+        ax.set_ylim(-0.7, len(lanes) - 0.3)
+        ax.set_title(f"{ref['id']} ({ref['task']}): {ref['question'][:90]}", fontsize=8, loc="left")
+    axes[-1, 0].set_xlabel("time (s)  — green: matching windows and t*; dotted: question; marks: responses")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(run: Run) -> dict:
+    baseline = fixed_time_baseline(run)
+    summary = collect(run, baseline)
+    (run.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (run.out / "results.md").write_text(format_results(summary))
+    plot_task_f1(summary, run.out / "plots" / "reproduce_task_f1.png")
+    plot_timelines(run, summary, run.out / "plots" / "reproduce_timelines.png")
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Embedded default model and demo clips
+# --------------------------------------------------------------------------------------------
+
+
+def install_assets(run: Run, summary: dict, assets: Path = ASSETS_DIR, num_clips: int = 5) -> None:
+    """Copy the final model (clean re-save) and a few test clips with their references into ``assets``.
+
+    The demo clips are a showcase, chosen after the fact: for the ``num_clips`` tasks where the
+    final model has the highest test F1, that task's test clip with the model's best F1.
+    """
+    from streampro.loading import load_model_and_processor
+
+    final = summary["final_model"]
+    model_dir = assets / "streampro-tiny-synth"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model, processor = load_model_and_processor(run.model_dir(final), device="cpu")
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    (model_dir / "PROVENANCE.json").write_text(json.dumps({
+        "source": f"streampro reproduce ({final}), chosen by validation W-Avg F1",
+        "settings": summary["settings"], "validation_w_avg_f1": summary["validation_w_avg_f1"],
+        "test_w_avg_f1": summary["rows"][final]["w_avg_f1"]}, indent=2) + "\n")
+    report = json.loads((run.eval_dir(final, "test") / "report.json").read_text())
+    scores = {s["id"]: s.get("f1", 0.0) for s in report["per_sample"]}
+    results = summary["rows"][final]
+    tasks = sorted(_tasks(results), key=lambda t: -results[f"{t}_f1"])[:num_clips]
+    refs = _read_jsonl(run.data / "bench" / "test.jsonl")
+    demo = assets / "demo"
+    if demo.exists():
+        shutil.rmtree(demo)
+    (demo / "videos").mkdir(parents=True)
+    chosen = []
+    for task in tasks:
+        ref = max((r for r in refs if r["task"] == task), key=lambda r: scores.get(r["id"], 0.0))
+        shutil.copy2(run.data / ref["video"], demo / "videos" / Path(ref["video"]).name)
+        chosen.append({**ref, "video": f"videos/{Path(ref['video']).name}"})
+    with (demo / "references.jsonl").open("w", encoding="utf-8") as f:
+        for ref in chosen:
+            f.write(json.dumps(ref) + "\n")
+    logger.info("installed %s and %d demo clips into %s", final, len(chosen), assets)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="Run folder (created; an existing one is resumed).")
+    parser.add_argument("--quick", action="store_true", help="Minutes-long smoke run (tiny data, few steps; CI).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the data, the initial weights and training.")
+    parser.add_argument("--skip-grpo", action="store_true", help="Stop after SFT (the table then has no GRPO row).")
+    parser.add_argument("--sft-steps", type=int, help="Override the SFT steps of the budget (same for every loss).")
+    parser.add_argument("--grpo-steps", type=int, help="Override the GRPO steps of the budget.")
+    parser.add_argument("--sft-jobs", type=int, default=1,
+                        help="Train the three SFT losses in this many parallel processes (one torch thread each); "
+                             "the results per loss do not depend on it.")
+    parser.add_argument("--install-assets", action="store_true",
+                        help="Copy the final model (chosen on validation) and demo clips into streampro/assets/.")
+
+
+def run(args: argparse.Namespace) -> int:
+    budget = QUICK if args.quick else FULL
+    if args.sft_steps is not None:
+        budget = replace(budget, sft_steps=args.sft_steps)
+    if args.grpo_steps is not None:
+        budget = replace(budget, grpo_steps=args.grpo_steps)
+    models = tuple(m for m in MODELS if not (args.skip_grpo and m == "grpo"))
+    start = time.monotonic()
+    r = Run(args.out, budget, args.seed, args.quick, models)
+    build_data(r)
+    build_init(r)
+    train_all_sft(r, args.quick, args.sft_jobs)
+    if "grpo" in r.models:
+        train_grpo(r)
+    for model in r.models:
+        evaluate(r, model, "validation")
+        evaluate(r, model, "test")
+        evaluate(r, model, "test", shuffle=True)
+    summary = write_report(r)
+    if args.install_assets:
+        install_assets(r, summary)
+    print(format_results(summary))
+    print(f"results: {args.out / 'results.md'}, {args.out / 'results.json'}; plots: {args.out / 'plots'}")
+    print(f"wall time of this invocation: {time.monotonic() - start:.0f} s")
+    return 0

@@ -1,0 +1,48 @@
+"""``streampro reproduce --quick`` end to end: data, three SFT losses, GRPO, evaluations, controls, table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from streampro.metrics import TASKS
+
+from streampro.cli import main
+
+
+@pytest.mark.slow
+def test_quick_reproduce_writes_every_row_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["reproduce", "--out", str(out), "--quick"]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    models = ["sft-ce", "sft-focal", "sft-cb_stream", "grpo"]
+    expected = ["fixed-time baseline", *models, *(f"{m} (shuffled frames)" for m in models)]
+    assert sorted(summary["rows"]) == sorted(expected)
+    for name, row in summary["rows"].items():
+        assert row["num_samples"] == len(TASKS), name  # one quick test clip per task, none errored
+        assert {f"{t}_f1" for t in TASKS} <= set(row) and row["w_avg_f1"] is not None, name
+    assert summary["final_model"] in models  # chosen on validation
+    assert set(summary["works"]) == set(models) and all(set(w) == set(TASKS) for w in summary["works"].values())
+    # The baseline's constant time and answer come from the validation split.
+    validation = [json.loads(line) for line in (out / "data" / "bench" / "validation.jsonl").read_text().splitlines()]
+    for task, choice in summary["baseline_choice"].items():
+        assert choice["answer"] in {a["text"] for r in validation if r["task"] == task for a in r["answers"]}
+    table = (out / "results.md").read_text()
+    for name in expected:
+        assert f"| {name}" in table
+    assert (out / "plots" / "reproduce_task_f1.png").stat().st_size > 0
+    assert (out / "plots" / "reproduce_timelines.png").stat().st_size > 0
+    # Every model was trained and saved; each evaluation used the exact judge.
+    for m in models:
+        assert (out / "models" / m / "model.safetensors").is_file()
+        config = json.loads((out / "eval" / m / "test-shuffled" / "run_config.json").read_text())
+        assert config["judge"]["name"] == "exact" and config["shuffle_frames"] == 0
+    # A second run skips every stage and writes the same table.
+    timings = json.loads((out / "timings.json").read_text())
+    capsys.readouterr()
+    assert main(["reproduce", "--out", str(out), "--quick"]) == 0
+    assert json.loads((out / "timings.json").read_text()) == timings  # nothing re-ran
+    assert (out / "results.md").read_text() == table
+    # Another budget in the same folder is refused, not mixed in.
+    with pytest.raises(ValueError, match="other settings"):
+        main(["reproduce", "--out", str(out), "--quick", "--sft-steps", "5"])
