@@ -17,7 +17,7 @@ from streampro import __version__
 # name -> (module, one-line help). Add a line here when a command lands.
 COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("streampro.evaluation.cli", "Stream a model over a benchmark (resumable, sharded) and report StreamPro-F1."),
-    "train": ("streampro.trainer.cli", "Train: `streampro train sft --config RECIPE.yaml` (CB-Stream SFT)."),
+    "train": ("streampro.trainer.cli", "Train: `streampro train sft|grpo --config RECIPE.yaml` (CB-Stream SFT, GRPO)."),
     "demo": ("streampro.demo", "Stream a StreamPro-Synth test clip with the embedded model (offline, seconds)."),
     "stream": ("streampro.stream_cli", "Stream a video through a StreamPro model; print responses as they happen."),
     "convert-backbone": ("streampro.convert", "Turn a base Qwen2.5-VL / Qwen3-VL checkpoint into a StreamPro one."),
