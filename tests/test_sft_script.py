@@ -128,3 +128,35 @@ def test_streampro_train_sft_is_registered():
     args = build_parser().parse_args(["train", "sft", "--config", "recipe.yaml", "--max_steps", "3"])
     assert args.command == "train" and args.stage == "sft"
     assert args.stage_args == ["--config", "recipe.yaml", "--max_steps", "3"]
+
+
+def test_lora_decision_rows_on_a_tied_embedding_model_reach_the_fused_head(dataset):
+    """Real Qwen-VL 3B/4B tie lm_head to the embeddings: the trainable decision rows must be what TRL's
+    fused head scores (it reads lm_head.weight directly), so training and inference see the same logits."""
+    from peft import get_peft_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    from streampro.dataset_scripts.collator import StreamingSFTCollator
+    from streampro.trainer.sft import expose_lm_head_bias, lora_config
+
+    tb = build_tiny_backbone("qwen2_5_vl", seed=0, streampro=True)
+    model, processor = tb.model, tb.processor
+    model.config.tie_word_embeddings = model.config.get_text_config().tie_word_embeddings = True
+    model.lm_head.weight = model.model.language_model.embed_tokens.weight  # tie, as in the real checkpoints
+    add_fused_lm_head(model)
+    peft_model = get_peft_model(model, lora_config(ModelConfig(use_peft=True, lora_r=4, lora_alpha=8), processor))
+    expose_lm_head_bias(peft_model)  # what build_trainer does after SFTTrainer wraps the model
+    (delta,) = [p for n, p in peft_model.named_parameters() if "trainable_tokens_delta" in n]
+    with torch.no_grad():
+        delta.add_(torch.randn_like(delta))  # as if trained: decision rows differ from the base rows
+    record = json.loads((dataset / "sft" / "train.jsonl").read_text().splitlines()[0])
+    batch = StreamingSFTCollator(processor, frames_root=dataset)([record])
+    fused = peft_model(**batch, fused_lm_head=True)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = peft_model(**inputs).logits[:, :-1]  # the plain forward that inference runs
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
+    reference = torch.log_softmax(logits.float(), -1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    torch.testing.assert_close(fused.log_probs[mask], reference[mask], rtol=1e-4, atol=1e-4)
+    (-fused.log_probs.sum()).backward()
+    assert delta.grad is not None and delta.grad.abs().sum() > 0

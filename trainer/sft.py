@@ -85,6 +85,21 @@ def lora_config(model_args, processor):
     )
 
 
+def expose_lm_head_bias(model) -> None:
+    """Let TRL's fused LM head read ``lm_head.bias`` through peft's token wrapper (tied embeddings).
+
+    With tied embeddings (the real Qwen-VL 3B/4B), peft wraps ``lm_head`` in the same
+    ``TrainableTokensWrapper`` as the embeddings, which proxies ``weight`` (base + trained decision
+    rows, differentiable) but not ``bias``; trl 1.16's fused head reads both and would fail. The
+    wrapped layer's own bias (None for Qwen-VL) is exposed on the wrapper.
+    """
+    from peft.utils.other import TrainableTokensWrapper
+
+    head = model.get_output_embeddings()
+    if isinstance(head, TrainableTokensWrapper):
+        head.bias = head.original_module.bias
+
+
 def load_records(path: str, limit: int | None = None):
     """SFT records JSONL → a ``datasets.Dataset`` (clear errors for a missing or empty file)."""
     from pathlib import Path
@@ -116,7 +131,7 @@ def build_trainer(script_args, training_args, model_args):
     )
     train = load_records(script_args.train_file, script_args.max_train_samples)
     evals = load_records(script_args.eval_file) if script_args.eval_file else None
-    return StreamProSFTTrainer(
+    trainer = StreamProSFTTrainer(
         model=model,
         args=training_args,
         data_collator=collator,
@@ -125,6 +140,8 @@ def build_trainer(script_args, training_args, model_args):
         processing_class=processor,
         peft_config=lora_config(model_args, processor) if model_args.use_peft else None,
     )
+    expose_lm_head_bias(trainer.model)
+    return trainer
 
 
 def save_final(trainer, output_dir: str) -> None:
