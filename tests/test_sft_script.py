@@ -160,3 +160,19 @@ def test_lora_decision_rows_on_a_tied_embedding_model_reach_the_fused_head(datas
     torch.testing.assert_close(fused.log_probs[mask], reference[mask], rtol=1e-4, atol=1e-4)
     (-fused.log_probs.sum()).backward()
     assert delta.grad is not None and delta.grad.abs().sum() > 0
+
+
+def test_load_model_from_a_checkpoint_dir_and_bad_names(tmp_path):
+    from streampro.trainer.sft import load_model
+
+    tb = build_tiny_backbone("qwen3_vl", seed=3, streampro=True)
+    tb.model.save_pretrained(tmp_path / "ckpt")
+    tb.processor.save_pretrained(tmp_path / "ckpt")
+    model, processor = load_model(str(tmp_path / "ckpt"))
+    assert processor.response_token_id == tb.processor.response_token_id
+    for (n, p), q in zip(tb.model.named_parameters(), model.parameters()):
+        assert torch.equal(p, q), n
+    with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
+        load_model(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="unknown tiny backbone"):
+        load_model("tiny:llava")
