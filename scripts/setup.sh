@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Create .venv and install StreamPro with everything its tests need, CPU-only.
 #
-# Installs torch's CPU wheel first (torch==2.13.0 from the machine's wheel folder or
-# PyTorch's CPU index), so the project's own `torch` range is already satisfied and pip
-# pulls no CUDA packages and no torchvision. On a GPU machine use `pip install streampro`
+# Installs torch's CPU wheel first (torch==2.13.0, found in the wheel folder pip is configured
+# with on these machines), so the project's own `torch` range is already satisfied and pip
+# pulls no CUDA packages and no torchvision. Elsewhere set STREAMPRO_TORCH_INDEX to PyTorch's
+# CPU index (https://download.pytorch.org/whl/cpu). On a GPU machine use `pip install streampro`
 # instead (README: "Install on a GPU machine").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${STREAMPRO_TORCH:-torch==2.13.0}
+TORCH_INDEX=()
+if [ -n "${STREAMPRO_TORCH_INDEX:-}" ]; then
+    TORCH_INDEX=(--index-url "$STREAMPRO_TORCH_INDEX")
+fi
 
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    .venv/bin/python -m pip install -q "$TORCH_SPEC" --extra-index-url https://download.pytorch.org/whl/cpu
+    .venv/bin/python -m pip install -q "$TORCH_SPEC" "${TORCH_INDEX[@]}"
 fi
 .venv/bin/python -m pip install -q -e ".[dev]"
 
