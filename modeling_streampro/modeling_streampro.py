@@ -603,15 +603,16 @@ class StreamSession:
         """Prefill the kept context from scratch: system prompt, then every kept turn in order.
 
         Kept turns carry their full assistant part, so tokens pending for the cache are included.
+        One forward on an empty cache: attention is plain causal, so SDPA needs no explicit mask.
         """
         self.num_refreshes += 1
         self.pending_ids = []
-        self._start_cache()
-        segments: list = []
+        self.cache = DynamicCache(config=self.model.config.get_text_config())
+        self.next_position = 0
+        segments: list = [self.system_ids]
         for turn in self.turns:
             segments += self._segments(turn, with_assistant=True)
-        if segments:
-            self._forward(segments)
+        self._forward(segments)
 
     def _maybe_make_room(self, new_turn: _Turn) -> None:
         """Window policy: before adding a turn that would exceed the window, drop the oldest unpinned turns."""
