@@ -55,7 +55,6 @@ def synthetic_batches(processor, n_batches: int, batch_size: int, turns: int, si
 def loss_only_ms(model, batch: dict, decision_ids, repeats: int = 50) -> dict[str, float]:
     """Milliseconds of the weighting + reduction + its backward alone, per loss, on one batch's log-probs."""
     import torch
-
     from streampro.trainer.sft_trainer import stream_token_weights
 
     with torch.no_grad():

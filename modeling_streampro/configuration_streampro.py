@@ -54,7 +54,7 @@ class StreamProConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     @classmethod
-    def from_backbone_config(cls, backbone_config, tokenizer=None, **kwargs) -> "StreamProConfig":
+    def from_backbone_config(cls, backbone_config, tokenizer=None, **kwargs) -> StreamProConfig:
         """Wrap a native ``Qwen2_5_VLConfig`` / ``Qwen3VLConfig``; decision ids come from ``tokenizer``."""
         backbone = backbone_config.model_type
         if backbone not in BACKBONE_MODEL_TYPES:

@@ -202,7 +202,7 @@ class StreamProForConditionalGeneration(StreamProPreTrainedModel, GenerationMixi
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     # ---- streaming ----------------------------------------------------------------------
-    def stream_session(self, processor: StreamProProcessor, **options) -> "StreamSession":
+    def stream_session(self, processor: StreamProProcessor, **options) -> StreamSession:
         """A live session: call ``ask(text)`` when a question arrives and ``step(frame)`` per frame."""
         return StreamSession(self, processor, **options)
 
@@ -226,7 +226,7 @@ class StreamProForConditionalGeneration(StreamProPreTrainedModel, GenerationMixi
         token_budget: int | None = None,
         system_prompt: str | None = None,
         generator: torch.Generator | None = None,
-    ) -> Iterator["StreamEvent"]:
+    ) -> Iterator[StreamEvent]:
         """Stream ``frames`` and yield one :class:`StreamEvent` per frame.
 
         Args:

@@ -11,7 +11,6 @@ from transformers import ProcessorMixin
 
 from .time_streampro import num_turns, time_tag, turn_index_for_time, turn_time
 
-
 # --------------------------------------------------------------------------------------
 # Tokens, prompt and chat template
 # --------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from streampro.modeling_streampro.modeling_streampro import StreamProForConditionalGeneration
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -19,7 +20,6 @@ from transformers import (
 
 from streampro.backbones import build_image_processor, build_tiny_backbone, build_tiny_tokenizer, tiny_config
 from streampro.cli import main as cli_main
-from streampro.modeling_streampro.modeling_streampro import StreamProForConditionalGeneration
 
 BACKBONES = ["qwen2_5_vl", "qwen3_vl"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from streampro.backbones import build_tiny_backbone
 from streampro.dataset_scripts.collator import RecordError, StreamingSFTCollator
 from streampro.modeling_streampro.processing_streampro import RESPONSE_TOKEN, SILENCE_TOKEN, turn_time
+
+from streampro.backbones import build_tiny_backbone
 from streampro.video import VideoReadError, encode_video
 
 BACKBONES = ("qwen2_5_vl", "qwen3_vl")

@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from streampro.backbones import add_decision_tokens, build_tiny_backbone, build_tiny_tokenizer
 from streampro.modeling_streampro.processing_streampro import (
     DECISION_TOKENS,
     StreamProProcessor,
@@ -15,6 +13,8 @@ from streampro.modeling_streampro.processing_streampro import (
     turn_index_for_time,
     turn_time,
 )
+
+from streampro.backbones import add_decision_tokens, build_tiny_backbone, build_tiny_tokenizer
 
 BACKBONES = ["qwen2_5_vl", "qwen3_vl"]
 

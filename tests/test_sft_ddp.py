@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from streampro.modeling_streampro.processing_streampro import turn_time
+
 from streampro.video import encode_video
 
 REPO = Path(__file__).resolve().parents[1]

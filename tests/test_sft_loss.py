@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from streampro.trainer.sft_config import StreamProSFTConfig
 from streampro.trainer.sft_trainer import cb_stream_class_weights, focal_class_weights, stream_token_weights
 

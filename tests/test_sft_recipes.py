@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from trl import ModelConfig, TrlParser
-
 from streampro.trainer.sft_config import SFTScriptArguments, StreamProSFTConfig
+from trl import ModelConfig, TrlParser
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SFT_RECIPES = sorted((RECIPES / "sft").glob("*.yaml"))

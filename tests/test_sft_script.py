@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
-from trl import ModelConfig, TrlParser
-
-from streampro.backbones import build_tiny_backbone
 from streampro.modeling_streampro.processing_streampro import turn_time
 from streampro.trainer import cli as train_cli
 from streampro.trainer.sft import build_trainer, save_final
 from streampro.trainer.sft_config import SFTScriptArguments, StreamProSFTConfig
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from trl import ModelConfig, TrlParser
+
+from streampro.backbones import build_tiny_backbone
 from streampro.video import encode_video
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "sft" / "tiny_synth_cpu.yaml"
@@ -134,10 +134,9 @@ def test_lora_decision_rows_on_a_tied_embedding_model_reach_the_fused_head(datas
     """Real Qwen-VL 3B/4B tie lm_head to the embeddings: the trainable decision rows must be what TRL's
     fused head scores (it reads lm_head.weight directly), so training and inference see the same logits."""
     from peft import get_peft_model
-    from trl.trainer.utils import add_fused_lm_head
-
     from streampro.dataset_scripts.collator import StreamingSFTCollator
     from streampro.trainer.sft import expose_lm_head_bias, lora_config
+    from trl.trainer.utils import add_fused_lm_head
 
     tb = build_tiny_backbone("qwen2_5_vl", seed=0, streampro=True)
     model, processor = tb.model, tb.processor

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-
-from streampro.backbones import build_tiny_backbone
 from streampro.dataset_scripts.collator import StreamingSFTCollator
 from streampro.modeling_streampro.processing_streampro import turn_time
 from streampro.trainer.sft_config import StreamProSFTConfig
 from streampro.trainer.sft_trainer import StreamProSFTTrainer, freeze_vision_tower, stream_token_weights
+
+from streampro.backbones import build_tiny_backbone
 from streampro.video import encode_video
 
 SIZE = 56  # the tiny image processor's min_pixels side: 4 image tokens per frame keeps steps fast

@@ -105,7 +105,6 @@ def load_records(path: str, limit: int | None = None):
     from pathlib import Path
 
     from datasets import Dataset
-
     from streampro.dataset_scripts.schema import iter_jsonl
 
     if not Path(path).is_file():
@@ -163,9 +162,8 @@ def save_final(trainer, output_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trl import ModelConfig, TrlParser
-
     from streampro.trainer.sft_config import SFTScriptArguments, StreamProSFTConfig
+    from trl import ModelConfig, TrlParser
 
     parser = TrlParser((SFTScriptArguments, StreamProSFTConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)

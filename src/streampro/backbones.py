@@ -235,9 +235,8 @@ def build_tiny_backbone(
     torch.manual_seed(seed)
     try:
         if streampro:
-            from streampro.modeling_streampro.modeling_streampro import StreamProForConditionalGeneration
-
             from streampro.modeling_streampro.configuration_streampro import StreamProConfig
+            from streampro.modeling_streampro.modeling_streampro import StreamProForConditionalGeneration
 
             model = StreamProForConditionalGeneration(StreamProConfig.from_backbone_config(config, tokenizer))
         else:
