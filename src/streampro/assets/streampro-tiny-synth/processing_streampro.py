@@ -1,0 +1,300 @@
+"""StreamPro streaming turn format: prompts, chat template and turn-by-turn encoding.
+
+Self-contained Hub remote code: imports only torch, transformers and its sibling files. The
+time convention (turn k ↔ time (k + 1) / fps) lives in ``time_streampro.py`` and is re-exported here.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import ProcessorMixin
+
+from .time_streampro import num_turns, time_tag, turn_index_for_time, turn_time
+
+# --------------------------------------------------------------------------------------
+# Tokens, prompt and chat template
+# --------------------------------------------------------------------------------------
+
+SILENCE_TOKEN = "</Silence>"
+RESPONSE_TOKEN = "</Response>"
+DECISION_TOKENS = (SILENCE_TOKEN, RESPONSE_TOKEN)
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+IMAGE_PAD = "<|image_pad|>"
+END_OF_TURN = "<|im_end|>"
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are StreamPro, a proactive assistant watching a live video, one frame per second. "
+    "Each user turn shows the time interval and the newest frame; the user's question arrives in one "
+    "of these turns. After every frame, decide: answer with </Silence> while the event the user asked "
+    "about has not fully concluded or the video does not yet show enough to answer; answer with "
+    "</Response> followed by a complete, final answer as soon as it has. Never give partial or "
+    "speculative answers. Every answer begins with </Response>."
+)
+
+# Renders the same text as StreamProProcessor.conversation_text (one image pad per frame,
+# expanded by the processor). Messages: system (str), user (list of {"type": "text"|"image"}),
+# assistant (str: "</Silence>" or "</Response>answer").
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+# --------------------------------------------------------------------------------------
+# Processor
+# --------------------------------------------------------------------------------------
+
+class StreamEncoding(dict):
+    """Model inputs of a whole stream plus SFT labels.
+
+    Keys: ``input_ids`` (L,), ``labels`` (L,) with -100 on inputs, ``mm_token_type_ids`` (L,),
+    ``pixel_values`` (P, C·t·p·p), ``image_grid_thw`` (F, 3), ``decision_positions`` (D,) —
+    indices into ``input_ids`` of the supervised decision tokens, in turn order.
+    """
+
+
+class StreamProProcessor(ProcessorMixin):
+    """Turns a stream (system prompt, timed questions, frames, assistant turns) into model inputs.
+
+    A turn is ``<|im_start|>user\\n<ks-(k+1)s><|vision_start|><|image_pad|>…<|vision_end|>{question}<|im_end|>\\n``
+    followed by ``<|im_start|>assistant\\n`` and the assistant's turn: ``</Silence><|im_end|>\\n`` or
+    ``</Response>{answer}<|im_end|>\\n``. Every turn starts with a special token and ends with a
+    lone ``\\n``, so tokenising the whole stream equals concatenating the per-turn encodings:
+    incremental inference sees exactly what training sees.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, system_prompt=None):
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
+        self.system_prompt = system_prompt
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in DECISION_TOKENS + (IMAGE_PAD, END_OF_TURN) if t not in vocab]
+        if missing:
+            raise ValueError(
+                f"tokenizer lacks {missing}; StreamPro needs the Qwen chat tokens and the decision tokens "
+                "(convert a base checkpoint with `streampro convert-backbone SRC DST`)"
+            )
+        self.silence_token_id = vocab[SILENCE_TOKEN]
+        self.response_token_id = vocab[RESPONSE_TOKEN]
+        self.image_token_id = vocab[IMAGE_PAD]
+        self.end_of_turn_id = vocab[END_OF_TURN]
+        self.newline_ids = self.encode_text("\n")
+
+    # ---- text pieces ---------------------------------------------------------------
+    def system_text(self, system: str | None = None) -> str:
+        prompt = system if system is not None else (self.system_prompt or DEFAULT_SYSTEM_PROMPT)
+        return f"<|im_start|>system\n{prompt}<|im_end|>\n"
+
+    @staticmethod
+    def user_text(turn_index: int, fps: float, num_image_tokens: int, question: str | None = None) -> str:
+        """User part of a turn up to the assistant header (what inference prefills before deciding)."""
+        vision = "<|vision_start|>" + IMAGE_PAD * num_image_tokens + "<|vision_end|>"
+        return (
+            f"<|im_start|>user\n{time_tag(turn_index, fps)}{vision}{question or ''}<|im_end|>\n"
+            "<|im_start|>assistant\n"
+        )
+
+    @staticmethod
+    def assistant_text(response: str | None) -> str:
+        """``None`` → a silent turn; a string → a response with that answer text."""
+        if response is None:
+            return f"{SILENCE_TOKEN}{END_OF_TURN}\n"
+        return f"{RESPONSE_TOKEN}{response}{END_OF_TURN}\n"
+
+    # ---- tokens ----------------------------------------------------------------------
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def num_image_tokens(self, image_grid_thw: torch.Tensor) -> list[int]:
+        merge = self.image_processor.merge_size ** 2
+        return [int(n) // merge for n in image_grid_thw.prod(-1).tolist()]
+
+    def process_frames(self, frames) -> dict:
+        """Frames (PIL images or HxWx3 uint8 arrays) → ``pixel_values`` and ``image_grid_thw``."""
+        frames = list(frames)
+        if not frames:
+            raise ValueError("no frames to process")
+        out = self.image_processor(images=frames, return_tensors="pt")
+        return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+
+    def _with_mm_types(self, ids: list[int]) -> dict:
+        input_ids = torch.tensor(ids, dtype=torch.long)
+        return {"input_ids": input_ids, "mm_token_type_ids": (input_ids == self.image_token_id).int()}
+
+    def encode_system(self, system: str | None = None) -> dict:
+        return self._with_mm_types(self.encode_text(self.system_text(system)))
+
+    def encode_user_turn(self, frame, turn_index: int, fps: float = 1.0, question: str | None = None) -> dict:
+        """One turn's prefill chunk: time tag, frame, optional question, assistant header."""
+        vision = self.process_frames([frame])
+        (n,) = self.num_image_tokens(vision["image_grid_thw"])
+        out = self._with_mm_types(self.encode_text(self.user_text(turn_index, fps, n, question)))
+        return {**out, **vision}
+
+    def encode_assistant(self, response: str | None) -> list[int]:
+        return self.encode_text(self.assistant_text(response))
+
+    # ---- whole streams ---------------------------------------------------------------
+    def conversation_text(
+        self,
+        num_image_tokens: list[int],
+        questions: dict[int, str],
+        responses: dict[int, str],
+        fps: float = 1.0,
+        system: str | None = None,
+    ) -> str:
+        """The whole stream as one string (image pads expanded)."""
+        parts = [self.system_text(system)]
+        for k, n in enumerate(num_image_tokens):
+            parts.append(self.user_text(k, fps, n, questions.get(k)))
+            parts.append(self.assistant_text(responses.get(k)))
+        return "".join(parts)
+
+    def encode_conversation(
+        self,
+        frames,
+        questions: dict[int, str],
+        responses: dict[int, str],
+        fps: float = 1.0,
+        system: str | None = None,
+    ) -> StreamEncoding:
+        """Encode a whole streaming conversation with SFT labels (the label builder).
+
+        ``frames[k]`` is turn k's frame; ``questions`` / ``responses`` map turn index → text
+        (no response → a silent turn). Supervised, exactly what the model must generate: the
+        decision token of every turn from the first question's turn on, and after
+        ``</Response>`` the answer text and ``<|im_end|>``. Inputs only: the system prompt, user
+        turns, assistant headers, turns before the question (inference forces silence there),
+        the ``<|im_end|>`` after ``</Silence>`` (the inference loop closes silent turns itself)
+        and the newline that ends every turn.
+        """
+        frames = list(frames)
+        if not questions:
+            raise ValueError("a stream needs at least one question (questions is empty)")
+        bad = [k for k in list(questions) + list(responses) if not 0 <= k < len(frames)]
+        if bad:
+            raise ValueError(f"turn indices {sorted(bad)} are outside the stream of {len(frames)} frames")
+        first_question = min(questions)
+        early = [k for k in responses if k < first_question]
+        if early:
+            raise ValueError(
+                f"responses on turns {sorted(early)} come before the first question (turn {first_question}); "
+                "the model is silent until asked"
+            )
+        vision = self.process_frames(frames)
+        counts = self.num_image_tokens(vision["image_grid_thw"])
+        ids: list[int] = self.encode_text(self.system_text(system))
+        labels: list[int] = [-100] * len(ids)
+        decision_positions: list[int] = []
+        for k, n in enumerate(counts):
+            user = self.encode_text(self.user_text(k, fps, n, questions.get(k)))
+            ids += user
+            labels += [-100] * len(user)
+            supervised = k >= first_question
+            decision_positions += [len(ids)] if supervised else []
+            response = responses.get(k)
+            decision = self.response_token_id if response is not None else self.silence_token_id
+            ids.append(decision)
+            labels.append(decision if supervised else -100)
+            if response is not None:
+                answer = self.encode_text(response) + [self.end_of_turn_id]
+                ids += answer
+                labels += answer
+            else:
+                ids.append(self.end_of_turn_id)
+                labels.append(-100)
+            ids += self.newline_ids
+            labels += [-100] * len(self.newline_ids)
+        enc = self._with_mm_types(ids)
+        return StreamEncoding(
+            **enc,
+            labels=torch.tensor(labels, dtype=torch.long),
+            decision_positions=torch.tensor(decision_positions, dtype=torch.long),
+            **vision,
+        )
+
+    def __call__(self, text=None, images=None, return_tensors="pt", **kwargs):
+        """Generic Qwen-style call: each ``<|image_pad|>`` in ``text`` is expanded for one image, in order."""
+        if text is None:
+            raise ValueError("text is required")
+        texts = [text] if isinstance(text, str) else list(text)
+        vision = self.process_frames(images) if images is not None else {}
+        counts = iter(self.num_image_tokens(vision["image_grid_thw"])) if vision else iter(())
+        expanded = []
+        for t in texts:
+            pieces = t.split(IMAGE_PAD)
+            out = pieces[0]
+            for piece in pieces[1:]:
+                try:
+                    out += IMAGE_PAD * next(counts) + piece
+                except StopIteration:
+                    raise ValueError("more <|image_pad|> placeholders in text than images") from None
+            expanded.append(out)
+        if next(counts, None) is not None:
+            raise ValueError("more images than <|image_pad|> placeholders in text")
+        enc = self.tokenizer(expanded, add_special_tokens=False, padding=True, return_tensors=return_tensors, **kwargs)
+        enc["mm_token_type_ids"] = (enc["input_ids"] == self.image_token_id).int()
+        enc.update(vision)
+        return enc
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    @property
+    def model_input_names(self):
+        return ["input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"]
+
+
+StreamProProcessor.register_for_auto_class("AutoProcessor")
+
+
+def stream_messages(
+    num_turns: int,
+    questions: dict[int, str],
+    responses: dict[int, str],
+    fps: float = 1.0,
+    system: str | None = None,
+) -> list[dict]:
+    """The stream as chat messages for ``apply_chat_template`` (one image per user turn)."""
+    messages = [{"role": "system", "content": system if system is not None else DEFAULT_SYSTEM_PROMPT}]
+    for k in range(num_turns):
+        content = [{"type": "text", "text": time_tag(k, fps)}, {"type": "image"}]
+        if k in questions:
+            content.append({"type": "text", "text": questions[k]})
+        messages.append({"role": "user", "content": content})
+        response = responses.get(k)
+        messages.append(
+            {"role": "assistant", "content": SILENCE_TOKEN if response is None else RESPONSE_TOKEN + response}
+        )
+    return messages
+
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "DECISION_TOKENS",
+    "DEFAULT_SYSTEM_PROMPT",
+    "RESPONSE_TOKEN",
+    "SILENCE_TOKEN",
+    "StreamEncoding",
+    "StreamProProcessor",
+    "num_turns",
+    "stream_messages",
+    "time_tag",
+    "turn_index_for_time",
+    "turn_time",
+]
