@@ -6,7 +6,6 @@ import copy
 
 import numpy as np
 import pytest
-import torch
 
 from streampro.backbones import build_tiny_backbone
 from streampro.cpu_speedups import apply_cpu_speedups

@@ -31,8 +31,9 @@ def test_shuffle_keeps_times_permutes_images_deterministically():
 
 @pytest.fixture(scope="module")
 def run_dirs(tmp_path_factory):
-    from streampro.backbones import build_tiny_backbone
     from streampro.dataset_scripts.synth import generate
+
+    from streampro.backbones import build_tiny_backbone
 
     root = tmp_path_factory.mktemp("shuffle")
     tb = build_tiny_backbone("qwen2_5_vl", seed=0, streampro=True)
