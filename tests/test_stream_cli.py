@@ -25,5 +25,5 @@ def test_stream_cli_prints_timed_responses_and_writes_events(tmp_path, capsys):
     assert [e["time"] for e in events] == [1.0, 2.0, 3.0, 4.0]  # 4.5 s at 1 fps
     assert [e["decision"] for e in events] == ["silence", "response", "response", "response"]
     assert "[    2.0s] question: What happens next?" in printed
-    assert "(silent 1-1s)" in printed and "[    4.0s]" in printed
+    assert "(silent 1-1s)\n[    2.0s] question" in printed and "[    4.0s]" in printed
     assert printed.strip().endswith("4 frames, 3 responses")
