@@ -56,3 +56,19 @@ def test_demo_command_runs_offline(argv, capsys):
 def test_provenance_names_a_validation_choice():
     prov = json.loads((EMBEDDED_MODEL_DIR / "PROVENANCE.json").read_text())
     assert "validation" in prov["source"] and prov["settings"]["seed"] == 0
+
+
+@pytest.mark.parametrize("name", ["configuration_streampro", "modeling_streampro", "processing_streampro",
+                                  "time_streampro"])
+def test_embedded_remote_code_matches_the_package(name):
+    """`trust_remote_code` loads of the embedded checkpoint run these copies: they must not drift."""
+    from pathlib import Path
+
+    import streampro.modeling_streampro as source
+
+    shipped = (EMBEDDED_MODEL_DIR / f"{name}.py").read_text()
+    current = (Path(source.__file__).parent / f"{name}.py").read_text()
+    assert shipped == current, (
+        f"{EMBEDDED_MODEL_DIR / name}.py differs from modeling_streampro/{name}.py; copy the package's "
+        "file over it (the weights do not change)"
+    )
