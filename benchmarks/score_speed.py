@@ -18,7 +18,6 @@ import argparse
 import json
 import random
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -113,61 +112,14 @@ def time_lexical(n: int) -> dict:
     }
 
 
-class _FakeServer:
-    """OpenAI-compatible chat endpoint on loopback that replies after ``delay`` s and counts
-    the requests it is handling at once."""
-
-    def __init__(self, delay: float):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.calls = self.in_flight = self.max_in_flight = 0
-        lock = threading.Lock()
-        fake = self
-        reply = json.dumps(
-            {"choices": [{"message": {"content": '{"explanation": "ok", "score": 4}'}}]}
-        ).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                with lock:
-                    fake.calls += 1
-                    fake.in_flight += 1
-                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
-                time.sleep(delay)
-                with lock:
-                    fake.in_flight -= 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args):
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            request_queue_size = 128  # listen() backlog: the default 5 drops bursts of connections
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def time_llm(n: int, concurrency: int, delay: float) -> dict:
     from streampro.metrics import JudgeRequest, LLMJudge
 
+    from streampro.testing import FakeOpenAI, chat_reply
+
     requests = [JudgeRequest("What happens?", f"answer number {i}", "the reference answer") for i in range(n)]
-    server = _FakeServer(delay)
-    try:
+    reply = chat_reply('{"explanation": "ok", "score": 4}')
+    with FakeOpenAI(lambda n, body: (200, reply, delay)) as server:
         with tempfile.TemporaryDirectory() as tmp:
             cache = Path(tmp) / "judge.sqlite"
             judge = LLMJudge(
@@ -186,9 +138,7 @@ def time_llm(n: int, concurrency: int, delay: float) -> dict:
                 requests
             )
             cached_calls = server.calls - calls_first
-    finally:
         close_max = server.max_in_flight
-        server.close()
     print(
         f"LLM judge: {n} requests, {delay * 1000:.0f} ms each, concurrency {concurrency}: {seconds:.2f} s, "
         f"max in flight {close_max}, failures {failures}, calls on cached re-run {cached_calls}"

@@ -7,65 +7,12 @@ left out (exit 1) and retried on the next run, and resuming from the append-only
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from streampro.dataset_scripts.rubrics import RubricError, parse_rubric_reply, validate_rubric
 
 from streampro.cli import main
-
-
-def chat_reply(content: str) -> dict:
-    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
-
-
-class FakeOpenAI:
-    """Loopback chat-completions server; ``script(n, body) -> (status, payload, delay)`` per request."""
-
-    def __init__(self, script):
-        self.script, self.bodies, self._lock = script, [], threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with fake._lock:
-                    n = len(fake.bodies)
-                    fake.bodies.append(body)
-                status, payload, _ = fake.script(n, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            request_queue_size = 64  # the default backlog of 5 drops bursts of connections
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-
-    @property
-    def base_url(self):
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    @property
-    def calls(self):
-        return len(self.bodies)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+from streampro.testing import FakeOpenAI, chat_reply
 
 
 def rubric_for(question: str, n: int = 7) -> list[dict]:
