@@ -454,21 +454,15 @@ class StreamSession:
         self.constrain_decision, self.generator = constrain_decision, generator
         self.decision_ids = torch.tensor([cfg.silence_token_id, cfg.response_token_id])
         self.device = next(model.parameters()).device
-        tok = processor.tokenizer
-        self._vision_start = tok.convert_tokens_to_ids("<|vision_start|>")
-        self._vision_end = tok.convert_tokens_to_ids("<|vision_end|>")
         self.system_ids = processor.encode_system(system_prompt)["input_ids"].tolist()
         self.turns: list[_Turn] = []
-        self.cache = DynamicCache(config=model.config.get_text_config())
-        self.next_position = 0
         self.pending_ids: list[int] = []  # tokens decided but not yet in the cache (fed with the next chunk)
-        self._pending_positions_start = 0
         self._question: str | None = None
         self.asked = False
         self.frame_size: tuple[int, int] | None = None
         self.num_refreshes = 0  # how many times the kept context was prefilled again
         self.dropped_turns = 0  # turns evicted so far (turn indices keep counting)
-        self._start_cache()
+        self._prefill_context()
 
     # ---- public API ---------------------------------------------------------------------
     def ask(self, question: str) -> None:
@@ -591,21 +585,15 @@ class StreamSession:
         self.next_position = pos
         return out.logits[0, -1].float()
 
-    def _start_cache(self) -> None:
-        self.cache = DynamicCache(config=self.model.config.get_text_config())
-        self.next_position = 0
-        self._forward([self.system_ids])
-
     def _prefill(self, pending: list[int], turn: _Turn) -> torch.Tensor:
         return self._forward([pending] + self._segments(turn, with_assistant=False))
 
-    def _refresh(self) -> None:
-        """Prefill the kept context from scratch: system prompt, then every kept turn in order.
+    def _prefill_context(self) -> None:
+        """Prefill the whole kept context on an empty cache: system prompt, then every kept turn in order.
 
         Kept turns carry their full assistant part, so tokens pending for the cache are included.
         One forward on an empty cache: attention is plain causal, so SDPA needs no explicit mask.
         """
-        self.num_refreshes += 1
         self.pending_ids = []
         self.cache = DynamicCache(config=self.model.config.get_text_config())
         self.next_position = 0
@@ -613,6 +601,11 @@ class StreamSession:
         for turn in self.turns:
             segments += self._segments(turn, with_assistant=True)
         self._forward(segments)
+
+    def _refresh(self) -> None:
+        """Start the cache again from the kept context (after turns were dropped or frames pooled)."""
+        self.num_refreshes += 1
+        self._prefill_context()
 
     def _maybe_make_room(self, new_turn: _Turn) -> None:
         """Window policy: before adding a turn that would exceed the window, drop the oldest unpinned turns."""
