@@ -415,6 +415,30 @@ def make_rf(canvas: Canvas, rng: np.random.Generator) -> Clip:
                 render, {"obstacle": obstacle, "impact_time": t_imp, "speed_px_s": speed, "start_time": t0})
 
 
+# The easy control task of LEARNING.md ("the screen changes colour"): trained on to switch vision on,
+# reported on its own, never one of the seven tasks' splits or their W-Avg. Its references carry
+# task "OU" (an object-understanding change, scored with OU's window) and ids ``synth-CC-*``.
+CONTROL_TASK = "CC"
+SCREEN_COLORS = {name: tuple(c // 2 for c in rgb) for name, rgb in COLORS.items()}  # dimmed full-screen tints
+
+
+def make_cc(canvas: Canvas, rng: np.random.Generator) -> Clip:
+    """CC (control): the whole screen changes from one tint to another at t*; confirm it at once."""
+    c1, c2 = _pick(rng, COLOR_NAMES, 2)
+    t_star = _randint(rng, 3, MAX_DURATION - 3)
+    duration = _duration_for(rng, t_star)
+    q = float(_randint(rng, 0, t_star - 2))
+
+    def render(t: float) -> np.ndarray:
+        img = canvas.blank()
+        img[:] = SCREEN_COLORS[c2 if t >= t_star else c1]
+        return img
+
+    return Clip("OU", duration, "Tell me when the screen changes colour.", q,
+                [{"text": f"the screen turned {c2}", "time": float(t_star)}], render,
+                {"control": "screen colour", "before": c1, "after": c2})
+
+
 GENERATORS: dict[str, Callable[[Canvas, np.random.Generator], Clip]] = {
     "EU": make_eu, "OU": make_ou, "AA": make_aa, "TP": make_tp, "TG": make_tg, "GP": make_gp, "RF": make_rf,
 }
@@ -422,7 +446,9 @@ assert tuple(GENERATORS) == TASKS
 
 
 def make_clip(task: str, index: int, seed: int, size: int = 112) -> Clip:
-    """Clip ``index`` of ``task``: depends only on (seed, task, index, size)."""
+    """Clip ``index`` of ``task`` (one of TASKS, or CONTROL_TASK): depends only on (seed, task, index, size)."""
+    if task == CONTROL_TASK:
+        return make_cc(Canvas(size), np.random.default_rng([seed, len(TASKS), index]))
     rng = np.random.default_rng([seed, TASKS.index(task), index])
     return GENERATORS[task](Canvas(size), rng)
 
@@ -449,46 +475,63 @@ def per_task_counts(n: int) -> dict[str, int]:
 
 
 def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int = 112,
-             progress: bool = True) -> dict:
-    """Write StreamPro-Synth to ``out_dir``; return the statistics that the card reports."""
+             progress: bool = True, control: int = 0) -> dict:
+    """Write StreamPro-Synth to ``out_dir``; return the statistics that the card reports.
+
+    ``control`` > 0 adds that many clips of the easy control task (``CONTROL_TASK``, split 80/10/10
+    like a task): its training clips join ``sft/train.jsonl``, and all of them are also written to
+    ``raw|bench/control_{split}.jsonl`` so they can be scored on their own. The seven tasks' raw,
+    RL and bench files never contain them.
+    """
     from tqdm import tqdm
 
     from streampro.video import encode_video
 
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
+    if control < 0:
+        raise ValueError(f"--control must be >= 0, got {control}")
     if not (16 <= size <= 112) or size % 2:
         raise ValueError(f"--size must be an even number of pixels in [16, 112], got {size}")
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     plan = []  # (split, task, index)
-    for task, m in per_task_counts(n).items():
+    counts_by_task = dict(per_task_counts(n), **({CONTROL_TASK: control} if control else {}))
+    for task, m in counts_by_task.items():
         counts, i = split_counts(m), 0
         for split in SPLITS:
             for _ in range(counts[split]):
                 plan.append((split, task, i))
                 i += 1
     raw: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    raw_control: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for split, task, i in tqdm(plan, desc="synth", unit="clip", disable=not progress):
         clip = make_clip(task, i, seed, size)
         sample_id = f"synth-{task}-{i:05d}"
         video = f"videos/{sample_id}.mp4"
         encode_video(out / video, clip_frames(clip), ENCODE_FPS)
         sample = {
-            "id": sample_id, "task": task, "source": "streampro-synth", "video": video,
+            "id": sample_id, "task": clip.task, "source": "streampro-synth", "video": video,
             "duration": float(clip.duration), "question": clip.question, "question_time": clip.question_time,
             "answers": clip.answers, "system": None,
             "meta": {"seed": seed, "index": i, "split": split, **clip.meta},
         }
-        raw[split].append(validate_raw(sample, where=sample_id))
-    stats: dict = {"seed": seed, "n": n, "size": size, "splits": {}, "tasks": {}}
+        (raw_control if task == CONTROL_TASK else raw)[split].append(validate_raw(sample, where=sample_id))
+    stats: dict = {"seed": seed, "n": n, "size": size, "control": control, "splits": {}, "tasks": {}}
     for split in SPLITS:
         write_jsonl(out / "raw" / f"{split}.jsonl", raw[split])
         sft_stats: Counter = Counter()
-        write_jsonl(out / "sft" / f"{split}.jsonl", build_records("sft", raw[split], 1.0, sft_stats))
+        sft = build_records("sft", raw[split], 1.0, sft_stats)
+        if split == "train":
+            sft += build_records("sft", raw_control[split], 1.0)
+        write_jsonl(out / "sft" / f"{split}.jsonl", sft)
         write_jsonl(out / "rl" / f"{split}.jsonl", build_records("rl", raw[split], 1.0))
         write_jsonl(out / "bench" / f"{split}.jsonl", [to_reference(s) for s in raw[split]])
         stats["splits"][split] = dict(sft_stats, clips=len(raw[split]))
+        if control:
+            write_jsonl(out / "raw" / f"control_{split}.jsonl", raw_control[split])
+            write_jsonl(out / "bench" / f"control_{split}.jsonl", [to_reference(s) for s in raw_control[split]])
+            stats["splits"][split]["control_clips"] = len(raw_control[split])
     for task in TASKS:
         task_stats: Counter = Counter()
         build_records("sft", [s for split in SPLITS for s in raw[split] if s["task"] == task], 1.0, task_stats)
@@ -522,10 +565,22 @@ def _card(stats: dict) -> str:
         rows.append(f"| {task} | {st.get('records', 0)} | {st.get('turns', 0)} | {st.get('response_turns', 0)} | "
                     f"{st.get('silence_turns', 0)} | {st.get('silence_turns_from_question', 0)} |")
     split_line = ", ".join(f"{s}: {st['clips']} clips" for s, st in stats["splits"].items())
+    control = ""
+    if stats.get("control"):
+        per_split = ", ".join(f"{s}: {st['control_clips']}" for s, st in stats["splits"].items())
+        control = f"""
+## Control task (not one of the seven)
+`--control {stats['control']}` added clips of an easy control task ({per_split}): the whole screen
+changes from one dimmed tint to another (`the screen turned green`), asked as "Tell me when the
+screen changes colour." (LEARNING.md: such a task switches a tiny model's vision on). Their
+training clips are part of `sft/train.jsonl`; all of them are also in `raw|bench/control_{{split}}.jsonl`
+(references with task `OU`, scored with OU's window, ids `synth-CC-*`) to be reported on their own.
+They are in no other file, so the seven tasks' splits, RL data and benchmarks are unchanged.
+"""
     tasks = "\n".join(f"- **{t}**: {d}." for t, d in _TASK_DOC.items())
     body = f"""\
 Procedural streaming videos with exact ground truth for the seven StreamPro tasks, generated by
-`streampro data synth --n {stats['n']} --seed {stats['seed']} --size {stats['size']}`. Same seed, same files.
+`streampro data synth --n {stats['n']} --seed {stats['seed']} --size {stats['size']}{f" --control {stats['control']}" if stats.get('control') else ""}`. Same seed, same files.
 
 Clips are {MIN_DURATION}–{MAX_DURATION} s, {stats['size']}×{stats['size']} px, H.264 at {ENCODE_FPS} fps
 (frame j shows time j/{ENCODE_FPS} s), a few large saturated shapes on a dark background. Answers are
@@ -534,7 +589,7 @@ so exact-match judging is meaningful. Splits ({split_line}) are 80/10/10 per tas
 
 ## Tasks
 {tasks}
-
+{control}
 Question times are drawn uniformly before the first answer, and event times vary widely across
 clips, so answering at a fixed time scores poorly.
 
@@ -564,11 +619,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n", type=int, default=140, help="Number of clips over all tasks (default 140).")
     parser.add_argument("--seed", type=int, default=0, help="Random seed; the same seed gives identical files.")
     parser.add_argument("--size", type=int, default=112, help="Frame width and height in pixels (even, <= 112).")
+    parser.add_argument("--control", type=int, default=0,
+                        help="Also add this many clips of the easy control task 'the screen changes colour' "
+                             "(training clips join sft/train.jsonl; scored separately via bench/control_*.jsonl).")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
 
 
 def run(args) -> int:
-    stats = generate(args.out, n=args.n, seed=args.seed, size=args.size, progress=not args.no_progress)
+    stats = generate(args.out, n=args.n, seed=args.seed, size=args.size, progress=not args.no_progress,
+                     control=args.control)
     print(f"StreamPro-Synth -> {args.out}")
     for split, st in stats["splits"].items():
         print(f"  {split}: {st['clips']} clips, {st.get('response_turns', 0)} response turns, "

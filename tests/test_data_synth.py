@@ -190,3 +190,40 @@ def test_cli_synth(tmp_path, capsys):
     records = [json.loads(line) for line in (tmp_path / "s" / "sft" / "train.jsonl").read_text().splitlines()]
     frames = load_record_frames(records[0], tmp_path / "s")
     assert frames[0].size == (56, 56) and len(frames) == records[0]["num_turns"]
+
+
+def test_control_task_is_trained_on_but_kept_out_of_the_seven_tasks(tmp_path):
+    """--control adds "the screen changes colour" clips: in sft/train.jsonl and control_* files only."""
+    from streampro.dataset_scripts.synth import SCREEN_COLORS
+
+    out = tmp_path / "with_control"
+    stats = generate(out, n=21, seed=1, size=32, progress=False, control=10)
+    assert stats["splits"]["train"]["control_clips"] == 8
+    control = {s: [json.loads(x) for x in (out / "bench" / f"control_{s}.jsonl").read_text().splitlines()]
+               for s in ("train", "validation", "test")}
+    assert [len(v) for v in control.values()] == [8, 1, 1]
+    assert all(r["id"].startswith("synth-CC-") and r["task"] == "OU" for v in control.values() for r in v)
+    sft_train = [json.loads(x)["id"] for x in (out / "sft" / "train.jsonl").read_text().splitlines()]
+    assert sum(i.startswith("synth-CC-") for i in sft_train) == 8
+    for kind in ("raw", "rl", "bench"):
+        for split in ("train", "validation", "test"):
+            assert "synth-CC-" not in (out / kind / f"{split}.jsonl").read_text(), (kind, split)
+    for split in ("validation", "test"):
+        assert "synth-CC-" not in (out / "sft" / f"{split}.jsonl").read_text()
+    assert "## Control task" in (out / "README.md").read_text()
+    # Ground truth: the whole screen shows the new tint from the answer's turn on.
+    ref = control["train"][0]
+    raw = json.loads((out / "raw" / "control_train.jsonl").read_text().splitlines()[0])
+    record = next(json.loads(x) for x in (out / "sft" / "train.jsonl").read_text().splitlines() if ref["id"] in x)
+    frames = load_record_frames(record, out)
+    k = turn_index_for_time(ref["answers"][0]["time"])
+    for turn, tint in ((k - 1, raw["meta"]["before"]), (k, raw["meta"]["after"])):
+        assert np.abs(np.asarray(frames[turn], np.int32) - SCREEN_COLORS[tint]).mean() < 4
+    assert ref["answers"][0]["text"] == f"the screen turned {raw['meta']['after']}"
+    # The seven tasks' clips are the same as without --control.
+    plain = tmp_path / "plain"
+    generate(plain, n=21, seed=1, size=32, progress=False)
+    for kind in ("raw", "bench", "rl"):
+        assert (plain / kind / "test.jsonl").read_bytes() == (out / kind / "test.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="--control"):
+        generate(tmp_path / "bad", n=7, control=-1)

@@ -579,5 +579,5 @@ def encode_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: flo
             raise ValueError(f"{p}: no frames to encode; pass at least one frame")
         for packet in stream.encode():
             container.mux(packet)
-    logger.info("wrote %s: %d frames at %g fps with %s", p, count, float(rate), codec)
+    logger.debug("wrote %s: %d frames at %g fps with %s", p, count, float(rate), codec)
     return p
