@@ -27,7 +27,12 @@ def test_quick_reproduce_writes_every_row_and_resumes(tmp_path, capsys):
     validation = [json.loads(line) for line in (out / "data" / "bench" / "validation.jsonl").read_text().splitlines()]
     for task, choice in summary["baseline_choice"].items():
         assert choice["answer"] in {a["text"] for r in validation if r["task"] == task for a in r["answers"]}
+    # The control task is reported apart: plain and shuffled F1 per model and its own fixed-time baseline.
+    assert sorted(summary["control_f1"]) == sorted(expected)
+    control_refs = (out / "data" / "bench" / "control_test.jsonl").read_text()
+    assert "synth-CC-" in control_refs and "synth-CC-" not in (out / "data" / "bench" / "test.jsonl").read_text()
     table = (out / "results.md").read_text()
+    assert "## Control task" in table
     for name in expected:
         assert f"| {name}" in table
     assert (out / "plots" / "reproduce_task_f1.png").stat().st_size > 0

@@ -54,6 +54,7 @@ class Budget:
     """Everything that sets the cost of a run; the same for the three SFT losses."""
 
     n_clips: int = 420  # StreamPro-Synth clips over 7 tasks: 48 train / 6 validation / 6 test per task
+    control_clips: int = 0  # clips of the easy control task (80/10/10), trained on, reported apart from the 7 tasks
     size: int = 56  # frame side in px: 56 px = 4x4 patches of 14 px = 4 image tokens per frame
     text_hidden: int = 128
     text_layers: int = 3
@@ -82,8 +83,9 @@ class Budget:
 
 
 FULL = Budget()
-# --quick: 3 clips per task (1 train / 1 validation / 1 test), a smaller model, a few steps.
-QUICK = replace(FULL, n_clips=21, text_hidden=64, text_layers=2, text_intermediate=128, vision_hidden=32,
+# --quick: 3 clips per task and of the control task (1 train / 1 validation / 1 test), a smaller model,
+# a few steps.
+QUICK = replace(FULL, n_clips=21, control_clips=3, text_hidden=64, text_layers=2, text_intermediate=128, vision_hidden=32,
                 vision_heads=2, vision_intermediate=64, sft_steps=3, sft_batch=2, sft_warmup=0, grpo_steps=1,
                 grpo_generations=2, grpo_batch=2, grpo_max_new_tokens=4, eval_max_new_tokens=2)
 
@@ -168,7 +170,8 @@ def build_data(run: Run) -> None:
 
     with run.stage("data", (run.data / "README.md").is_file()) as todo:
         if todo:
-            generate(run.data, n=run.budget.n_clips, seed=run.seed, size=run.budget.size, progress=True)
+            generate(run.data, n=run.budget.n_clips, seed=run.seed, size=run.budget.size, progress=True,
+                     control=run.budget.control_clips)
 
 
 def build_init(run: Run) -> None:
@@ -308,31 +311,43 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def fixed_time_baseline(run: Run) -> dict:
-    """Per task: the constant answer time and most common answer that maximise VALIDATION F1, scored on test."""
-    from streampro.metrics import TASKS, compute_streampro_f1
+    """Per task: the constant answer time and most common answer that maximise VALIDATION F1, scored on test.
 
+    With a control task, the same is done for it (``control_validation`` → ``control_test``), apart.
+    """
     path = run.out / "baseline" / "baseline.json"
     with run.stage("baseline", path.is_file()) as todo:
         if todo:
-            val = _read_jsonl(run.data / "bench" / "validation.jsonl")
-            test = _read_jsonl(run.data / "bench" / "test.jsonl")
-            choice = {}
-            for task in TASKS:
-                refs = [r for r in val if r["task"] == task]
-                answer = Counter(a["text"] for r in refs for a in r["answers"]).most_common(1)[0][0]
-                longest = int(max(r["duration"] for r in refs))
-                best = None
-                for t in range(1, longest + 1):
-                    preds = [_constant(t, answer, r) for r in refs]
-                    f1 = compute_streampro_f1(preds, refs, judge="exact")[f"{task}_f1"]
-                    if best is None or f1 > best[0]:  # the earliest time wins ties
-                        best = (f1, t)
-                choice[task] = {"time": float(best[1]), "answer": answer, "validation_f1": best[0]}
-            preds = [_constant(choice[r["task"]]["time"], choice[r["task"]]["answer"], r) for r in test]
-            results = compute_streampro_f1(preds, test, judge="exact")
+            bench = run.data / "bench"
+            result = _fit_constant(_read_jsonl(bench / "validation.jsonl"), _read_jsonl(bench / "test.jsonl"))
+            if run.budget.control_clips:
+                control = _fit_constant(_read_jsonl(bench / "control_validation.jsonl"),
+                                        _read_jsonl(bench / "control_test.jsonl"))
+                result["control"] = {"choice": control["choice"], "results": control["results"]}
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"choice": choice, "results": results}, indent=2) + "\n")
+            path.write_text(json.dumps(result, indent=2) + "\n")
     return json.loads(path.read_text())
+
+
+def _fit_constant(validation: list[dict], test: list[dict]) -> dict:
+    from streampro.metrics import TASKS, compute_streampro_f1
+
+    choice = {}
+    for task in TASKS:
+        refs = [r for r in validation if r["task"] == task]
+        if not refs:
+            continue
+        answer = Counter(a["text"] for r in refs for a in r["answers"]).most_common(1)[0][0]
+        longest = int(max(r["duration"] for r in refs))
+        best = None
+        for t in range(1, longest + 1):
+            preds = [_constant(t, answer, r) for r in refs]
+            f1 = compute_streampro_f1(preds, refs, judge="exact")[f"{task}_f1"]
+            if best is None or f1 > best[0]:  # the earliest time wins ties
+                best = (f1, t)
+        choice[task] = {"time": float(best[1]), "answer": answer, "validation_f1": best[0]}
+    preds = [_constant(choice[r["task"]]["time"], choice[r["task"]]["answer"], r) for r in test]
+    return {"choice": choice, "results": compute_streampro_f1(preds, test, judge="exact")}
 
 
 def _constant(t: float, answer: str, ref: dict) -> list[dict]:
@@ -363,8 +378,17 @@ def collect(run: Run, baseline: dict) -> dict:
             shuffled = rows[f"{model} (shuffled frames)"].get(f"{task}_f1", 0.0)
             drop = f1 - shuffled
             works[model][task] = bool(f1 > base and drop >= SHUFFLE_DROP_POINTS and drop >= SHUFFLE_DROP_FRACTION * f1)
+    control = None
+    if run.budget.control_clips:
+        # The control clips are scored as task OU (its window); reported on their own, never in W-Avg.
+        control = {"fixed-time baseline": baseline["control"]["results"]["OU_f1"]}
+        for model in run.models:
+            for name in ("control_test", "control_test-shuffled"):
+                key = model if name == "control_test" else f"{model} (shuffled frames)"
+                control[key] = json.loads((run.eval_dir(model, name) / "report.json").read_text())["results"]["OU_f1"]
     return {
         "rows": rows,
+        "control_f1": control,
         "models": list(run.models),
         "validation_w_avg_f1": {m: validation[m]["w_avg_f1"] for m in run.models},
         "final_model": final,
@@ -409,6 +433,12 @@ def format_results(summary: dict) -> str:
         cells = [f"{_fmt(r.get(f'{t}_f1'))} / {_fmt(s.get(f'{t}_f1'))}{' ✓' if w.get(t) else ''}" for t in TASKS]
         lines.append(f"| {model} (plain / shuffled) | " + " | ".join(cells)
                      + f" | {_fmt(r.get('w_avg_f1'))} / {_fmt(s.get('w_avg_f1'))} | {sum(w.values())} of {len(w)} |")
+    if summary.get("control_f1"):
+        c = summary["control_f1"]
+        lines += ["", "## Control task: \"the screen changes colour\" (trained on; not one of the seven, not in W-Avg)",
+                  "", "| model | F1 | F1, shuffled frames |", "|---|---|---|",
+                  f"| fixed-time baseline | {_fmt(c['fixed-time baseline'])} | – |"]
+        lines += [f"| {m} | {_fmt(c[m])} | {_fmt(c[f'{m} (shuffled frames)'])} |" for m in models]
     lines += ["", "Fixed-time baseline (chosen on validation): "
               + "; ".join(f"{t} at {c['time']:g} s `{c['answer']}`" for t, c in summary["baseline_choice"].items()), "",
               "Validation W-Avg F1 (model selection): "
@@ -429,15 +459,20 @@ def plot_task_f1(summary: dict, path: Path) -> None:
 
     models = summary["models"]
     names = ["fixed-time baseline", *models]
-    x = np.arange(len(TASKS))
+    control = summary.get("control_f1")
+    labels = list(TASKS) + (["control (not in W-Avg)"] if control else [])
+    x = np.arange(len(labels))
     width = 0.8 / len(names)
+
+    def values(name: str) -> list[float]:
+        row = summary["rows"][name]
+        return [row.get(f"{t}_f1") or 0.0 for t in TASKS] + ([control[name] or 0.0] if control else [])
+
     fig, axes = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
     for i, name in enumerate(names):
-        vals = [summary["rows"][name].get(f"{t}_f1") or 0.0 for t in TASKS]
-        axes[0].bar(x + (i - len(names) / 2 + 0.5) * width, vals, width, label=name)
+        axes[0].bar(x + (i - len(names) / 2 + 0.5) * width, values(name), width, label=name)
     for i, model in enumerate(models):
-        r, s = summary["rows"][model], summary["rows"][f"{model} (shuffled frames)"]
-        drop = [(r.get(f"{t}_f1") or 0.0) - (s.get(f"{t}_f1") or 0.0) for t in TASKS]
+        drop = [a - b for a, b in zip(values(model), values(f"{model} (shuffled frames)"))]
         axes[1].bar(x + (i - len(models) / 2 + 0.5) * width, drop, width, label=model, color=f"C{i + 1}")
     axes[0].set_ylabel("F1 (test)")
     axes[0].set_title("Per-task StreamPro-F1 on StreamPro-Synth test (exact judge)")
@@ -445,7 +480,7 @@ def plot_task_f1(summary: dict, path: Path) -> None:
     axes[1].axhline(SHUFFLE_DROP_POINTS, color="gray", lw=0.8, ls="--")
     axes[1].set_ylabel("F1 − F1 shuffled")
     axes[1].set_title("Shuffled-frames control: how much F1 each model loses when frames are shuffled")
-    axes[1].set_xticks(x, TASKS)
+    axes[1].set_xticks(x, labels)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -582,6 +617,9 @@ def run(args: argparse.Namespace) -> int:
         evaluate(r, model, "validation")
         evaluate(r, model, "test")
         evaluate(r, model, "test", shuffle=True)
+        if r.budget.control_clips:
+            evaluate(r, model, "control_test")
+            evaluate(r, model, "control_test", shuffle=True)
     summary = write_report(r)
     if args.install_assets:
         install_assets(r, summary)
