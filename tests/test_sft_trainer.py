@@ -142,6 +142,20 @@ def test_freeze_vision_tower_keeps_qwen3_deepstack_mergers_trainable():
     assert not any(".blocks." in n or ".patch_embed." in n for n in trainable if n.startswith("model.visual."))
 
 
+@pytest.mark.parametrize("backbone", ["qwen2_5_vl", "qwen3_vl"])
+def test_freeze_projector_freezes_the_whole_vision_tower(backbone):
+    model = build_tiny_backbone(backbone, streampro=True).model
+    frozen = freeze_vision_tower(model, projector=True)
+    assert frozen == len(list(model.model.visual.parameters()))
+    assert not any(p.requires_grad for p in model.model.visual.parameters())
+    assert all(p.requires_grad for p in model.model.language_model.parameters())
+
+
+def test_freeze_projector_needs_freeze_vision(tmp_path, data):
+    with pytest.raises(ValueError, match="freeze_projector=True needs freeze_vision=True"):
+        make_trainer(tmp_path, data, n_records=2, freeze_vision=False, freeze_projector=True)
+
+
 def test_save_then_resume_continues_identically(tmp_path, data):
     common = {"max_steps": 4, "optim": "adamw_torch", "learning_rate": 1e-3, "lr_scheduler_type": "linear",
               "n_records": 8, "per_device_train_batch_size": 2}

@@ -89,6 +89,14 @@ class StreamProGRPOConfig(GRPOConfig):
             "the loss is computed on the whole trajectory, which must equal the context the rollout saw."
         },
     )
+    freeze_vision: bool = field(
+        default=True,
+        metadata={"help": "Freeze the vision encoder except its merger/projector (as in SFT)."},
+    )
+    freeze_projector: bool = field(
+        default=False,
+        metadata={"help": "With freeze_vision, also freeze the merger/projector (the whole vision tower stays fixed)."},
+    )
     max_frames_per_rollout: int = field(
         default=200,
         metadata={

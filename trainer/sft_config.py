@@ -54,6 +54,14 @@ class StreamProSFTConfig(SFTConfig):
             "trainable with the LLM (the paper's setup)."
         },
     )
+    freeze_projector: bool = field(
+        default=False,
+        metadata={
+            "help": "With freeze_vision, also freeze the merger/projector: the whole vision tower stays fixed. For a "
+            "randomly initialised tiny tower (streampro reproduce) a fixed random-feature encoder keeps frames "
+            "apart, while training it at a tiny model's learning rate collapsed its features (docs/reproduce.md)."
+        },
+    )
     learning_rate: float = field(default=1e-5, metadata={"help": "Initial AdamW learning rate (paper: 1e-5)."})
     remove_unused_columns: bool = field(
         default=False,

@@ -89,11 +89,11 @@ def stream_token_weights(
     raise ValueError(f"unknown loss_type {loss_type!r}; expected 'cb_stream', 'focal' or 'ce'")
 
 
-def freeze_vision_tower(model: torch.nn.Module) -> int:
-    """Freeze ``model.model.visual`` except the projector (merger); return the number of frozen tensors."""
+def freeze_vision_tower(model: torch.nn.Module, projector: bool = False) -> int:
+    """Freeze ``model.model.visual`` except the projector (merger) unless ``projector``; return the number of frozen tensors."""
     frozen = 0
     for name, param in model.model.visual.named_parameters():
-        if not name.startswith(PROJECTOR_PREFIXES):
+        if projector or not name.startswith(PROJECTOR_PREFIXES):
             param.requires_grad_(False)
             frozen += 1
     return frozen
@@ -119,8 +119,12 @@ class StreamProSFTTrainer(SFTTrainer):
         if processor is None or not hasattr(processor, "silence_token_id"):
             raise TypeError("StreamProSFTTrainer needs processing_class=StreamProProcessor (it names the decision tokens)")
         self.decision_ids = (processor.silence_token_id, processor.response_token_id)
+        if args.freeze_projector and not args.freeze_vision:
+            raise ValueError("freeze_projector=True needs freeze_vision=True (the projector is part of the vision tower)")
         if args.freeze_vision:
-            logger.info("froze %d vision-tower tensors (projector stays trainable)", freeze_vision_tower(model))
+            frozen = freeze_vision_tower(model, projector=args.freeze_projector)
+            logger.info("froze %d vision-tower tensors (%s)", frozen,
+                        "projector too" if args.freeze_projector else "projector stays trainable")
         # SFTTrainer.__init__ checks `loss_type` against its own names ('nll', 'dft'); ours replace them.
         stream_loss = args.loss_type
         args.loss_type = "nll"

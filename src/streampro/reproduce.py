@@ -53,8 +53,8 @@ ASSETS_DIR = Path(__file__).parent / "assets"
 class Budget:
     """Everything that sets the cost of a run; the same for the three SFT losses."""
 
-    n_clips: int = 420  # StreamPro-Synth clips over 7 tasks: 48 train / 6 validation / 6 test per task
-    control_clips: int = 0  # clips of the easy control task (80/10/10), trained on, reported apart from the 7 tasks
+    n_clips: int = 1400  # StreamPro-Synth clips over 7 tasks: 160 train / 20 validation / 20 test per task
+    control_clips: int = 200  # the easy control task (160 / 20 / 20): trained on, reported apart from the 7 tasks
     size: int = 56  # frame side in px: 56 px = 4x4 patches of 14 px = 4 image tokens per frame
     text_hidden: int = 128
     text_layers: int = 3
@@ -69,6 +69,10 @@ class Budget:
     sft_batch: int = 4
     sft_lr: float = 1e-3
     sft_warmup: int = 20
+    # The randomly initialised vision tower, projector included, stays fixed in SFT and GRPO (a random-
+    # feature encoder): trained at lr 1e-3 its features collapsed to one direction and the models
+    # ignored the frames (docs/reproduce.md, "What changed").
+    freeze_vision: bool = True
     grpo_steps: int = 30
     grpo_generations: int = 4
     grpo_batch: int = 8  # completions per step: 2 samples x 4 rollouts
@@ -227,7 +231,8 @@ def train_sft(run: Run, loss: str) -> None:
             argv = [
                 "--model", str(run.model_dir("init")), "--train_file", str(run.data / "sft" / "train.jsonl"),
                 "--eval_file", "", "--frames_root", str(run.data), "--frame_cache_dir", str(run.data / ".frame_cache"),
-                "--loss_type", loss, "--freeze_vision", "false", "--per_device_train_batch_size", str(b.sft_batch),
+                "--loss_type", loss, "--freeze_vision", str(b.freeze_vision).lower(),
+                "--freeze_projector", str(b.freeze_vision).lower(), "--per_device_train_batch_size", str(b.sft_batch),
                 "--gradient_accumulation_steps", "1", "--learning_rate", str(b.sft_lr), "--lr_scheduler_type",
                 "cosine", "--warmup_steps", str(b.sft_warmup), *_common_trainer_argv(run, work, b.sft_steps),
             ]
@@ -279,6 +284,7 @@ def train_grpo(run: Run) -> None:
                 "--max_new_tokens", str(b.grpo_max_new_tokens), "--num_generations", str(b.grpo_generations),
                 "--per_device_train_batch_size", str(b.grpo_batch), "--gradient_accumulation_steps", "1",
                 "--learning_rate", str(b.grpo_lr), "--lr_scheduler_type", "constant", "--beta", "0.0",
+                "--freeze_vision", str(b.freeze_vision).lower(), "--freeze_projector", str(b.freeze_vision).lower(),
                 *_common_trainer_argv(run, work, b.grpo_steps),
             ]
             _train(build_trainer, (GRPOScriptArguments, StreamProGRPOConfig, ModelConfig), argv, work)
