@@ -158,23 +158,11 @@ def test_window_slide_equals_fresh_run_over_kept_turns(tiny):
 
 
 @torch.no_grad()
-def test_cache_buffers_are_reused_and_eager_attention_agrees(tiny25):
-    """The append-in-place cache keeps its buffers across re-prefills; eager attention (transformers'
-    own mask) and SDPA (the session's prebuilt boolean mask) give the same decisions."""
+def test_eager_and_sdpa_attention_give_the_same_decisions(tiny25):
+    """The session's incremental prefills (masks built by transformers per kernel) agree across kernels."""
     model, p = tiny25.model, tiny25.processor
     fs = frames(7, seed=5)
     kw = dict(processor=p, question_time=0.0, window_turns=3, evict_turns=2, max_new_tokens=3, response_threshold=0.5)
-    session = model.stream_session(p, window_turns=3, evict_turns=2, max_new_tokens=3, response_threshold=0.5)
-    session.ask(QUESTION)
-    reused = 0
-    for frame in fs:
-        before = session.cache.layers[0]._key_buffer
-        refreshes = session.num_refreshes
-        session.step(frame)
-        if session.num_refreshes > refreshes:  # the window slid: the kept turns went into the same buffer
-            assert session.cache.layers[0]._key_buffer.data_ptr() == before.data_ptr()
-            reused += 1
-    assert reused >= 2
     sdpa = list(model.generate_stream(fs, QUESTION, **kw))
     model.set_attn_implementation("eager")
     try:

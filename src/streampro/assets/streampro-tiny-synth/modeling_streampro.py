@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
 
 from .configuration_streampro import StreamProConfig
@@ -393,44 +393,6 @@ class _Turn:
         return True
 
 
-class _AppendLayer(DynamicLayer):
-    """A cache layer that appends into spare capacity instead of ``torch.cat``.
-
-    ``DynamicLayer`` copies the whole cache on every update, an O(context) cost per frame; here a
-    step writes only its new tokens, and the capacity grows by half when it runs out. ``clear``
-    keeps the buffers, so the periodic re-prefill of the window reuses them.
-    """
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        if getattr(self, "_key_buffer", None) is None:
-            self._key_buffer = self._value_buffer = None
-            self._length = 0
-        start, end = self._length, self._length + key_states.shape[-2]
-        if self._key_buffer is None or end > self._key_buffer.shape[-2]:
-            capacity = max(end, int(1.5 * end))
-            self._key_buffer = self._grow(self._key_buffer, key_states, capacity)
-            self._value_buffer = self._grow(self._value_buffer, value_states, capacity)
-        self._key_buffer[..., start:end, :] = key_states
-        self._value_buffer[..., start:end, :] = value_states
-        self._length = end
-        self.keys, self.values = self._key_buffer[..., :end, :], self._value_buffer[..., :end, :]
-        return self.keys, self.values
-
-    def _grow(self, buffer: torch.Tensor | None, like: torch.Tensor, capacity: int) -> torch.Tensor:
-        grown = like.new_empty((*like.shape[:-2], capacity, like.shape[-1]))
-        if buffer is not None:
-            grown[..., : self._length, :] = buffer[..., : self._length, :]
-        return grown
-
-    def clear(self) -> None:
-        """Empty the layer, keeping its buffers for the next prefill."""
-        self._length = 0
-        if self.is_initialized:
-            self.keys, self.values = self._key_buffer[..., :0, :], self._value_buffer[..., :0, :]
-
-
 class StreamSession:
     """The streaming decision loop over one stream, with KV-cache reuse and bounded memory.
 
@@ -498,7 +460,6 @@ class StreamSession:
         self._question: str | None = None
         self.asked = False
         self.frame_size: tuple[int, int] | None = None
-        self.cache: DynamicCache | None = None
         self.num_refreshes = 0  # how many times the kept context was prefilled again
         self.dropped_turns = 0  # turns evicted so far (turn indices keep counting)
         self._prefill_context()
@@ -605,7 +566,7 @@ class StreamSession:
                 pos += n
         input_ids = torch.tensor([ids], device=self.device)
         position_ids = torch.cat(positions, dim=1)[:, None, :].to(self.device)  # (3, 1, L)
-        kwargs = {"attention_mask": self._sdpa_mask(len(ids))}
+        kwargs = {}
         if image_turns:
             pooled = [t.features for t in image_turns]
             enc = BaseModelOutputWithPooling(pooler_output=pooled)
@@ -624,18 +585,6 @@ class StreamSession:
         self.next_position = pos
         return out.logits[0, -1].float()
 
-    def _sdpa_mask(self, new_tokens: int) -> torch.Tensor | None:
-        """The boolean mask of a prefill on a non-empty cache (new tokens see the whole cache, and
-        each other causally), built directly: cheaper than transformers' generic mask builder.
-        ``None`` (transformers decides) for one token, an empty cache, or another attention kernel.
-        """
-        past = self.cache.get_seq_length()
-        if new_tokens == 1 or past == 0 or self.model.config.get_text_config()._attn_implementation != "sdpa":
-            return None
-        mask = torch.ones((1, 1, new_tokens, past + new_tokens), dtype=torch.bool, device=self.device)
-        mask[0, 0, :, past:] = torch.ones((new_tokens, new_tokens), dtype=torch.bool, device=self.device).tril()
-        return mask
-
     def _prefill(self, pending: list[int], turn: _Turn) -> torch.Tensor:
         return self._forward([pending] + self._segments(turn, with_assistant=False))
 
@@ -646,14 +595,7 @@ class StreamSession:
         One forward on an empty cache: attention is plain causal, so SDPA needs no explicit mask.
         """
         self.pending_ids = []
-        if getattr(self, "cache", None) is None:
-            self.cache = DynamicCache(config=self.model.config.get_text_config())
-            self.cache.layers = [_AppendLayer() if type(layer) is DynamicLayer else layer for layer in self.cache.layers]
-        elif all(isinstance(layer, _AppendLayer) for layer in self.cache.layers):
-            for layer in self.cache.layers:
-                layer.clear()
-        else:  # a layer kind we cannot empty in place (e.g. sliding): start a fresh cache
-            self.cache = DynamicCache(config=self.model.config.get_text_config())
+        self.cache = DynamicCache(config=self.model.config.get_text_config())
         self.next_position = 0
         segments: list = [self.system_ids]
         for turn in self.turns:
