@@ -550,8 +550,8 @@ def write_report(run: Run) -> dict:
 def install_assets(run: Run, summary: dict, assets: Path = ASSETS_DIR, num_clips: int = 5) -> None:
     """Copy the final model (clean re-save) and a few test clips with their references into ``assets``.
 
-    The demo clips are a showcase, chosen after the fact: for the ``num_clips`` tasks where the
-    final model has the highest test F1, that task's test clip with the model's best F1.
+    The demo clips are a showcase, chosen after the fact: for the (at most) ``num_clips`` tasks where
+    the final model has the highest non-zero test F1, that task's test clip with the model's best F1.
     """
     from streampro.loading import load_model_and_processor
 
@@ -569,7 +569,8 @@ def install_assets(run: Run, summary: dict, assets: Path = ASSETS_DIR, num_clips
     report = json.loads((run.eval_dir(final, "test") / "report.json").read_text())
     scores = {s["id"]: s.get("f1", 0.0) for s in report["per_sample"]}
     results = summary["rows"][final]
-    tasks = sorted(_tasks(results), key=lambda t: -results[f"{t}_f1"])[:num_clips]
+    scored = [t for t in _tasks(results) if results[f"{t}_f1"] > 0]  # a task the model fails shows nothing
+    tasks = sorted(scored, key=lambda t: -results[f"{t}_f1"])[:num_clips]
     refs = _read_jsonl(run.data / "bench" / "test.jsonl")
     demo = assets / "demo"
     if demo.exists():
