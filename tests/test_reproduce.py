@@ -15,13 +15,17 @@ def test_quick_reproduce_writes_every_row_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["reproduce", "--out", str(out), "--quick"]) == 0
     summary = json.loads((out / "results.json").read_text())
-    models = ["sft-ce", "sft-focal", "sft-cb_stream", "grpo"]
+    models = ["sft-ce", "sft-focal", "sft-cb_stream", "grpo", "grpo-best"]
     expected = ["fixed-time baseline", *models, *(f"{m} (shuffled frames)" for m in models)]
     assert sorted(summary["rows"]) == sorted(expected)
     for name, row in summary["rows"].items():
         assert row["num_samples"] == len(TASKS), name  # one quick test clip per task, none errored
         assert {f"{t}_f1" for t in TASKS} <= set(row) and row["w_avg_f1"] is not None, name
     assert summary["final_model"] in models  # chosen on validation
+    # grpo starts from CB-Stream (the paper's recipe), grpo-best from the SFT model best on validation.
+    val = {m: json.loads((out / "eval" / m / "validation" / "report.json").read_text())["results"]["w_avg_f1"] or 0.0
+           for m in models[:3]}
+    assert summary["grpo_starts"] == {"grpo": "sft-cb_stream", "grpo-best": max(models[:3], key=lambda m: (val[m], -models.index(m)))}
     assert set(summary["works"]) == set(models) and all(set(w) == set(TASKS) for w in summary["works"].values())
     # The baseline's constant time and answer come from the validation split.
     validation = [json.loads(line) for line in (out / "data" / "bench" / "validation.jsonl").read_text().splitlines()]

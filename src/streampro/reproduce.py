@@ -12,7 +12,9 @@ again; a half-trained SFT/GRPO stage resumes from its last Trainer checkpoint):
    tiny config), shared by every loss so that only the loss differs.
 3. ``sft-ce``, ``sft-focal``, ``sft-cb_stream`` — SFT with the same data order, steps, batch,
    learning rate and seed (``streampro train sft`` code path, ``trainer/sft.py``).
-4. ``grpo``   — GRPO from the ``cb_stream`` checkpoint (``trainer/grpo.py``), offline rewards.
+4. ``grpo``   — GRPO from the ``cb_stream`` checkpoint (``trainer/grpo.py``), offline rewards (the
+   paper's recipe); ``grpo-best`` — the same GRPO from the SFT model with the best VALIDATION W-Avg
+   (which may be another loss: GRPO needs a policy that already looks at the frames).
 5. ``eval``   — ``streampro evaluate`` (exact judge) of every model on the test split, on the test
    split with frames shuffled in time (``--shuffle-frames``), and on the validation split.
 6. ``baseline`` — per task, answer once at the best constant time with the most common answer,
@@ -39,7 +41,9 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 LOSSES = ("ce", "focal", "cb_stream")
-MODELS = tuple(f"sft-{loss}" for loss in LOSSES) + ("grpo",)
+SFT_MODELS = tuple(f"sft-{loss}" for loss in LOSSES)
+MODELS = SFT_MODELS + ("grpo", "grpo-best")
+GRPO_MODELS = ("grpo", "grpo-best")
 RL_TASKS = ("EU", "OU", "AA", "TP", "TG", "GP")  # the paper's RL tasks (no RF)
 SHUFFLE_SEED = 0
 # A model "works" on a task when it beats the fixed-time baseline AND its F1 under shuffled
@@ -266,18 +270,33 @@ def train_all_sft(run: Run, quick: bool, jobs: int) -> None:
     run.timings = json.loads(run.timings_path.read_text())
 
 
-def train_grpo(run: Run) -> None:
+def best_sft_model(run: Run) -> str:
+    """The SFT model with the best VALIDATION W-Avg F1 (evaluating the SFT models on validation first)."""
+    scores = {m: json.loads((evaluate(run, m, "validation") / "report.json").read_text())["results"]["w_avg_f1"] or 0.0
+              for m in SFT_MODELS}
+    return max(SFT_MODELS, key=lambda m: (scores[m], -SFT_MODELS.index(m)))
+
+
+def _grpo_start(run: Run, name: str) -> str:
+    path = run.model_dir(name) / "start.txt"
+    return path.read_text().strip() if path.is_file() else "sft-cb_stream"  # runs older than start.txt
+
+
+def train_grpo(run: Run, name: str = "grpo", start: str = "sft-cb_stream") -> None:
+    """GRPO stage ``name`` from the SFT model ``start`` (recorded in ``models/<name>/start.txt``)."""
     from trl import ModelConfig
 
     from streampro.trainer.grpo import build_trainer
     from streampro.trainer.grpo_config import GRPOScriptArguments, StreamProGRPOConfig
 
-    work = run.model_dir("grpo")
-    with run.stage("grpo", _is_model(work)) as todo:
+    work = run.model_dir(name)
+    with run.stage(name, _is_model(work)) as todo:
         if todo:
             b = run.budget
+            work.mkdir(parents=True, exist_ok=True)
+            (work / "start.txt").write_text(start + "\n")
             argv = [
-                "--model", str(run.model_dir("sft-cb_stream")), "--train_file", str(run.data / "rl" / "train.jsonl"),
+                "--model", str(run.model_dir(start)), "--train_file", str(run.data / "rl" / "train.jsonl"),
                 "--tasks", *RL_TASKS, "--frames_root", str(run.data), "--frame_cache_dir",
                 str(run.data / ".frame_cache"), "--turn_judge", "exact", "--rubric_judge", "offline",
                 "--window_turns", "32", "--max_frames_per_rollout", "32",
@@ -392,8 +411,10 @@ def collect(run: Run, baseline: dict) -> dict:
             for name in ("control_test", "control_test-shuffled"):
                 key = model if name == "control_test" else f"{model} (shuffled frames)"
                 control[key] = json.loads((run.eval_dir(model, name) / "report.json").read_text())["results"]["OU_f1"]
+    starts = {m: _grpo_start(run, m) for m in run.models if m in GRPO_MODELS}
     return {
         "rows": rows,
+        "grpo_starts": starts,
         "control_f1": control,
         "models": list(run.models),
         "validation_w_avg_f1": {m: validation[m]["w_avg_f1"] for m in run.models},
@@ -447,6 +468,8 @@ def format_results(summary: dict) -> str:
         lines += [f"| {m} | {_fmt(c[m])} | {_fmt(c[f'{m} (shuffled frames)'])} |" for m in models]
     lines += ["", "Fixed-time baseline (chosen on validation): "
               + "; ".join(f"{t} at {c['time']:g} s `{c['answer']}`" for t, c in summary["baseline_choice"].items()), "",
+              *([("GRPO started from: " + ", ".join(f"{m} ← {src}" for m, src in summary["grpo_starts"].items())), ""]
+                if summary.get("grpo_starts") else []),
               "Validation W-Avg F1 (model selection): "
               + ", ".join(f"{m} {_fmt(v)}" for m, v in summary["validation_w_avg_f1"].items())
               + f" → final model **{summary['final_model']}**.", "",
@@ -612,7 +635,7 @@ def run(args: argparse.Namespace) -> int:
         budget = replace(budget, sft_steps=args.sft_steps)
     if args.grpo_steps is not None:
         budget = replace(budget, grpo_steps=args.grpo_steps)
-    models = tuple(m for m in MODELS if not (args.skip_grpo and m == "grpo"))
+    models = tuple(m for m in MODELS if not (args.skip_grpo and m in GRPO_MODELS))
     start = time.monotonic()
     r = Run(args.out, budget, args.seed, args.quick, models)
     build_data(r)
@@ -620,6 +643,7 @@ def run(args: argparse.Namespace) -> int:
     train_all_sft(r, args.quick, args.sft_jobs)
     if "grpo" in r.models:
         train_grpo(r)
+        train_grpo(r, "grpo-best", best_sft_model(r))
     for model in r.models:
         evaluate(r, model, "validation")
         evaluate(r, model, "test")
