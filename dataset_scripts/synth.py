@@ -496,7 +496,9 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     plan = []  # (split, task, index)
-    counts_by_task = dict(per_task_counts(n), **({CONTROL_TASK: control} if control else {}))
+    counts_by_task = per_task_counts(n)
+    if control:
+        counts_by_task[CONTROL_TASK] = control
     for task, m in counts_by_task.items():
         counts, i = split_counts(m), 0
         for split in SPLITS:

@@ -201,6 +201,15 @@ def test_policy_mask_is_exactly_the_generated_tokens(data, tmp_path):
     assert len(r.sampled_logps) == mask.sum()
 
 
+def assert_rollout_matches_generate_stream(model, processor, sample, frames, rollout) -> list:
+    """The rollout's per-turn decisions and texts are generate_stream's on the same frames; returns the events."""
+    events = list(model.generate_stream(frames, sample["question"], processor=processor,
+                                        question_time=sample["question_time"], max_new_tokens=4))
+    assert [t["decision"] for t in rollout.turns] == [e.decision for e in events]
+    assert [t["text"] for t in rollout.turns] == [e.text for e in events]
+    return events
+
+
 def test_greedy_rollout_decisions_equal_generate_stream(data, tmp_path):
     """Greedy mode with the inference decision rule reproduces generate_stream's decisions and texts."""
     from streampro.dataset_scripts.frames import load_record_frames
@@ -214,17 +223,7 @@ def test_greedy_rollout_decisions_equal_generate_stream(data, tmp_path):
     for sample in trainer.train_dataset:
         frames = load_record_frames({**sample, "num_turns": DURATION, "fps": 1.0}, data)
         r = trainer.rollout(model, sample, frames)
-        events = list(
-            model.generate_stream(
-                frames,
-                sample["question"],
-                processor=processor,
-                question_time=sample["question_time"],
-                max_new_tokens=4,
-            )
-        )
-        assert [t["decision"] for t in r.turns] == [e.decision for e in events]
-        assert [t["text"] for t in r.turns] == [e.text for e in events]
+        events = assert_rollout_matches_generate_stream(model, processor, sample, frames, r)
         decisions += [e.decision for e in events if e.p_response is not None]
     assert {"response", "silence"} <= set(decisions)
     # The GRPO mode itself (first token from the full vocabulary), greedy: where the arg-max over the
@@ -238,17 +237,7 @@ def test_greedy_rollout_decisions_equal_generate_stream(data, tmp_path):
     for sample in free.train_dataset:
         frames = free._load_frames(sample)
         r = free.rollout(free.model, sample, frames)
-        events = list(
-            free.model.generate_stream(
-                frames,
-                sample["question"],
-                processor=processor,
-                question_time=sample["question_time"],
-                max_new_tokens=4,
-            )
-        )
-        assert [t["decision"] for t in r.turns] == [e.decision for e in events]
-        assert [t["text"] for t in r.turns] == [e.text for e in events]
+        assert_rollout_matches_generate_stream(free.model, processor, sample, frames, r)
         assert free.rollout(free.model, sample, frames).ids == r.ids
         free_decisions += [t["decision"] for t in r.turns if not t["forced"]]
     assert {"response", "silence"} <= set(free_decisions)

@@ -124,12 +124,9 @@ class StreamProGRPOTrainer(GRPOTrainer):
                 "beta > 0 makes TRL load a reference copy of the checkpoint, which carries StreamPro's remote code: "
                 "set trust_remote_code: true (or beta: 0, or train LoRA adapters, whose reference is the base model)"
             )
-        if args.freeze_projector and not args.freeze_vision:
-            raise ValueError("freeze_projector=True needs freeze_vision=True (the projector is part of the vision tower)")
-        if args.freeze_vision:
-            from streampro.trainer.sft_trainer import freeze_vision_tower
+        from streampro.trainer.sft_trainer import apply_vision_freeze
 
-            freeze_vision_tower(model, projector=args.freeze_projector)
+        apply_vision_freeze(model, args)
         rubric_options = dict(args.rubric_judge_options or {})
         if args.rubric_judge == "llm":
             rubric_options.update(base_url=args.rubric_endpoint, model=args.rubric_model)

@@ -99,6 +99,16 @@ def freeze_vision_tower(model: torch.nn.Module, projector: bool = False) -> int:
     return frozen
 
 
+def apply_vision_freeze(model: torch.nn.Module, args) -> None:
+    """Apply ``args.freeze_vision`` / ``args.freeze_projector`` (SFT and GRPO configs) to ``model``."""
+    if args.freeze_projector and not args.freeze_vision:
+        raise ValueError("freeze_projector=True needs freeze_vision=True (the projector is part of the vision tower)")
+    if args.freeze_vision:
+        frozen = freeze_vision_tower(model, projector=args.freeze_projector)
+        logger.info("froze %d vision-tower tensors (%s)", frozen,
+                    "projector too" if args.freeze_projector else "projector stays trainable")
+
+
 class StreamProSFTTrainer(SFTTrainer):
     """``SFTTrainer`` whose ``compute_loss`` is the CB-Stream / focal / CE streaming loss.
 
@@ -119,12 +129,7 @@ class StreamProSFTTrainer(SFTTrainer):
         if processor is None or not hasattr(processor, "silence_token_id"):
             raise TypeError("StreamProSFTTrainer needs processing_class=StreamProProcessor (it names the decision tokens)")
         self.decision_ids = (processor.silence_token_id, processor.response_token_id)
-        if args.freeze_projector and not args.freeze_vision:
-            raise ValueError("freeze_projector=True needs freeze_vision=True (the projector is part of the vision tower)")
-        if args.freeze_vision:
-            frozen = freeze_vision_tower(model, projector=args.freeze_projector)
-            logger.info("froze %d vision-tower tensors (%s)", frozen,
-                        "projector too" if args.freeze_projector else "projector stays trainable")
+        apply_vision_freeze(model, args)
         # SFTTrainer.__init__ checks `loss_type` against its own names ('nll', 'dft'); ours replace them.
         stream_loss = args.loss_type
         args.loss_type = "nll"

@@ -42,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 LOSSES = ("ce", "focal", "cb_stream")
 SFT_MODELS = tuple(f"sft-{loss}" for loss in LOSSES)
-MODELS = SFT_MODELS + ("grpo", "grpo-best")
 GRPO_MODELS = ("grpo", "grpo-best")
+MODELS = SFT_MODELS + GRPO_MODELS
 RL_TASKS = ("EU", "OU", "AA", "TP", "TG", "GP")  # the paper's RL tasks (no RF)
 SHUFFLE_SEED = 0
 # A model "works" on a task when it beats the fixed-time baseline AND its F1 under shuffled
@@ -222,6 +222,12 @@ def _common_trainer_argv(run: Run, work: Path, steps: int) -> list[str]:
     ]
 
 
+def _freeze_argv(b: Budget) -> list[str]:
+    """The whole vision tower, projector included, fixed or trainable (SFT and GRPO alike)."""
+    flag = str(b.freeze_vision).lower()
+    return ["--freeze_vision", flag, "--freeze_projector", flag]
+
+
 def train_sft(run: Run, loss: str) -> None:
     from trl import ModelConfig
 
@@ -235,8 +241,7 @@ def train_sft(run: Run, loss: str) -> None:
             argv = [
                 "--model", str(run.model_dir("init")), "--train_file", str(run.data / "sft" / "train.jsonl"),
                 "--eval_file", "", "--frames_root", str(run.data), "--frame_cache_dir", str(run.data / ".frame_cache"),
-                "--loss_type", loss, "--freeze_vision", str(b.freeze_vision).lower(),
-                "--freeze_projector", str(b.freeze_vision).lower(), "--per_device_train_batch_size", str(b.sft_batch),
+                "--loss_type", loss, *_freeze_argv(b), "--per_device_train_batch_size", str(b.sft_batch),
                 "--gradient_accumulation_steps", "1", "--learning_rate", str(b.sft_lr), "--lr_scheduler_type",
                 "cosine", "--warmup_steps", str(b.sft_warmup), *_common_trainer_argv(run, work, b.sft_steps),
             ]
@@ -272,8 +277,9 @@ def train_all_sft(run: Run, quick: bool, jobs: int) -> None:
 
 def best_sft_model(run: Run) -> str:
     """The SFT model with the best VALIDATION W-Avg F1 (evaluating the SFT models on validation first)."""
-    scores = {m: json.loads((evaluate(run, m, "validation") / "report.json").read_text())["results"]["w_avg_f1"] or 0.0
-              for m in SFT_MODELS}
+    for m in SFT_MODELS:
+        evaluate(run, m, "validation")
+    scores = {m: _results(run, m, "validation")["w_avg_f1"] or 0.0 for m in SFT_MODELS}
     return max(SFT_MODELS, key=lambda m: (scores[m], -SFT_MODELS.index(m)))
 
 
@@ -303,8 +309,7 @@ def train_grpo(run: Run, name: str = "grpo", start: str = "sft-cb_stream") -> No
                 "--max_new_tokens", str(b.grpo_max_new_tokens), "--num_generations", str(b.grpo_generations),
                 "--per_device_train_batch_size", str(b.grpo_batch), "--gradient_accumulation_steps", "1",
                 "--learning_rate", str(b.grpo_lr), "--lr_scheduler_type", "constant", "--beta", "0.0",
-                "--freeze_vision", str(b.freeze_vision).lower(), "--freeze_projector", str(b.freeze_vision).lower(),
-                *_common_trainer_argv(run, work, b.grpo_steps),
+                *_freeze_argv(b), *_common_trainer_argv(run, work, b.grpo_steps),
             ]
             _train(build_trainer, (GRPOScriptArguments, StreamProGRPOConfig, ModelConfig), argv, work)
 
@@ -331,6 +336,11 @@ def evaluate(run: Run, model: str, split: str, shuffle: bool = False) -> Path:
     return out
 
 
+def _results(run: Run, model: str, split: str) -> dict:
+    """The ``results`` of ``streampro evaluate``'s report for one model on one (possibly shuffled) split."""
+    return json.loads((run.eval_dir(model, split) / "report.json").read_text())["results"]
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -346,9 +356,8 @@ def fixed_time_baseline(run: Run) -> dict:
             bench = run.data / "bench"
             result = _fit_constant(_read_jsonl(bench / "validation.jsonl"), _read_jsonl(bench / "test.jsonl"))
             if run.budget.control_clips:
-                control = _fit_constant(_read_jsonl(bench / "control_validation.jsonl"),
-                                        _read_jsonl(bench / "control_test.jsonl"))
-                result["control"] = {"choice": control["choice"], "results": control["results"]}
+                result["control"] = _fit_constant(_read_jsonl(bench / "control_validation.jsonl"),
+                                                  _read_jsonl(bench / "control_test.jsonl"))
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=2) + "\n")
     return json.loads(path.read_text())
@@ -390,10 +399,9 @@ def collect(run: Run, baseline: dict) -> dict:
     rows = {"fixed-time baseline": baseline["results"]}
     validation = {}
     for model in run.models:
-        rows[model] = json.loads((run.eval_dir(model, "test") / "report.json").read_text())["results"]
-        rows[f"{model} (shuffled frames)"] = json.loads(
-            (run.eval_dir(model, "test-shuffled") / "report.json").read_text())["results"]
-        validation[model] = json.loads((run.eval_dir(model, "validation") / "report.json").read_text())["results"]
+        rows[model] = _results(run, model, "test")
+        rows[f"{model} (shuffled frames)"] = _results(run, model, "test-shuffled")
+        validation[model] = _results(run, model, "validation")
     final = max(run.models, key=lambda m: (validation[m]["w_avg_f1"] or 0.0, -run.models.index(m)))
     works = {}
     for model in run.models:
@@ -408,9 +416,8 @@ def collect(run: Run, baseline: dict) -> dict:
         # The control clips are scored as task OU (its window); reported on their own, never in W-Avg.
         control = {"fixed-time baseline": baseline["control"]["results"]["OU_f1"]}
         for model in run.models:
-            for name in ("control_test", "control_test-shuffled"):
-                key = model if name == "control_test" else f"{model} (shuffled frames)"
-                control[key] = json.loads((run.eval_dir(model, name) / "report.json").read_text())["results"]["OU_f1"]
+            control[model] = _results(run, model, "control_test")["OU_f1"]
+            control[f"{model} (shuffled frames)"] = _results(run, model, "control_test-shuffled")["OU_f1"]
     starts = {m: _grpo_start(run, m) for m in run.models if m in GRPO_MODELS}
     return {
         "rows": rows,
