@@ -13,7 +13,7 @@ from streampro.cli import main
 @pytest.mark.slow
 def test_quick_reproduce_writes_every_row_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["reproduce", "--out", str(out), "--quick"]) == 0
+    assert main(["reproduce", "--out", str(out), "--quick", "--jobs", "2"]) == 0  # stages in 2 processes
     summary = json.loads((out / "results.json").read_text())
     models = ["sft-ce", "sft-focal", "sft-cb_stream", "grpo", "grpo-best"]
     expected = ["fixed-time baseline", *models, *(f"{m} (shuffled frames)" for m in models)]

@@ -248,30 +248,37 @@ def train_sft(run: Run, loss: str) -> None:
             _train(build_trainer, (SFTScriptArguments, StreamProSFTConfig, ModelConfig), argv, work)
 
 
-def _sft_worker(out: Path, budget: Budget, seed: int, quick: bool, models: tuple[str, ...], loss: str) -> None:
-    """One SFT stage in its own process (``--sft-jobs``): one torch thread, its own log lines."""
+def _stage_worker(out: Path, budget: Budget, seed: int, quick: bool, models: tuple[str, ...], stage: str,
+                  args: tuple) -> None:
+    """One stage in its own process (``--jobs``): one torch thread, its log lines tagged with the stage."""
     import torch
 
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [{loss}] %(name)s: %(message)s",
+    tag = " ".join([stage, *map(str, args)])
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [{tag}] %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     torch.set_num_threads(1)
-    train_sft(Run(out, budget, seed, quick, models), loss)
+    PARALLEL_STAGES[stage](Run(out, budget, seed, quick, models), *args)
 
 
-def train_all_sft(run: Run, quick: bool, jobs: int) -> None:
-    """The three SFT stages, one after another or in ``jobs`` parallel processes (same results per loss)."""
-    if jobs <= 1:
-        for loss in LOSSES:
-            train_sft(run, loss)
+def run_stages(run: Run, quick: bool, jobs: int, stage: str, calls: list[tuple]) -> None:
+    """``stage(run, *args)`` for each args in ``calls``: in order, or in ``jobs`` parallel processes.
+
+    Stages are independent and each writes its own output, so the order does not matter; a worker's
+    error is re-raised here. Numbers match the serial run up to floating-point summation order (one
+    torch thread per process).
+    """
+    if jobs <= 1 or len(calls) <= 1:
+        for args in calls:
+            PARALLEL_STAGES[stage](run, *args)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    todo = [loss for loss in LOSSES if not _is_model(run.model_dir(f"sft-{loss}"))]
-    with ProcessPoolExecutor(min(jobs, max(1, len(todo))), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_sft_worker, run.out, run.budget, run.seed, quick, run.models, loss) for loss in todo]
+    with ProcessPoolExecutor(min(jobs, len(calls)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_stage_worker, run.out, run.budget, run.seed, quick, run.models, stage, args)
+                   for args in calls]
         for future in futures:
-            future.result()  # re-raises a worker's error here
+            future.result()
     run.timings = json.loads(run.timings_path.read_text())
 
 
@@ -334,6 +341,10 @@ def evaluate(run: Run, model: str, split: str, shuffle: bool = False) -> Path:
             if code != 0:
                 raise RuntimeError(f"streampro evaluate failed (exit {code}) for {model} on {name}; see the log above")
     return out
+
+
+# The stages ``run_stages`` may spread over processes (looked up by name in a spawned worker).
+PARALLEL_STAGES = {"sft": train_sft, "grpo": train_grpo, "evaluate": evaluate}
 
 
 def _results(run: Run, model: str, split: str) -> dict:
@@ -629,9 +640,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-grpo", action="store_true", help="Stop after SFT (the table then has no GRPO row).")
     parser.add_argument("--sft-steps", type=int, help="Override the SFT steps of the budget (same for every loss).")
     parser.add_argument("--grpo-steps", type=int, help="Override the GRPO steps of the budget.")
-    parser.add_argument("--sft-jobs", type=int, default=1,
-                        help="Train the three SFT losses in this many parallel processes (one torch thread each); "
-                             "the results per loss do not depend on it.")
+    parser.add_argument("--jobs", "--sft-jobs", type=int, default=1, dest="jobs",
+                        help="Run independent stages (the three SFT losses, the two GRPO runs, the evaluations) in "
+                             "this many parallel processes, one torch thread each. On 2 cores, 3 is fastest.")
     parser.add_argument("--install-assets", action="store_true",
                         help="Copy the final model (chosen on validation) and demo clips into streampro/assets/.")
 
@@ -647,17 +658,15 @@ def run(args: argparse.Namespace) -> int:
     r = Run(args.out, budget, args.seed, args.quick, models)
     build_data(r)
     build_init(r)
-    train_all_sft(r, args.quick, args.sft_jobs)
+    jobs = args.jobs
+    run_stages(r, args.quick, jobs, "sft", [(loss,) for loss in LOSSES])
     if "grpo" in r.models:
-        train_grpo(r)
-        train_grpo(r, "grpo-best", best_sft_model(r))
-    for model in r.models:
-        evaluate(r, model, "validation")
-        evaluate(r, model, "test")
-        evaluate(r, model, "test", shuffle=True)
-        if r.budget.control_clips:
-            evaluate(r, model, "control_test")
-            evaluate(r, model, "control_test", shuffle=True)
+        run_stages(r, args.quick, jobs, "evaluate", [(m, "validation") for m in SFT_MODELS])  # picks grpo-best's start
+        run_stages(r, args.quick, jobs, "grpo", [("grpo", "sft-cb_stream"), ("grpo-best", best_sft_model(r))])
+    splits = [("validation",), ("test",), ("test", True)]
+    if r.budget.control_clips:
+        splits += [("control_test",), ("control_test", True)]
+    run_stages(r, args.quick, jobs, "evaluate", [(m, *split) for m in r.models for split in splits])
     summary = write_report(r)
     if args.install_assets:
         install_assets(r, summary)
