@@ -55,3 +55,35 @@ def test_quick_reproduce_writes_every_row_and_resumes(tmp_path, capsys):
     # Another budget in the same folder is refused, not mixed in.
     with pytest.raises(ValueError, match="other settings"):
         main(["reproduce", "--out", str(out), "--quick", "--sft-steps", "5"])
+
+
+def _summary(seed: int, ce: float, cb: float, works_ce: dict) -> dict:
+    rows = {"fixed-time baseline": {"w_avg_f1": 7.0}, "sft-ce": {"w_avg_f1": ce}, "sft-cb_stream": {"w_avg_f1": cb},
+            "sft-ce (shuffled frames)": {"w_avg_f1": 5.0}, "sft-cb_stream (shuffled frames)": {"w_avg_f1": cb}}
+    return {"settings": {"seed": seed}, "models": ["sft-ce", "sft-cb_stream"], "rows": rows,
+            "works": {"sft-ce": works_ce, "sft-cb_stream": {"AA": False, "GP": False}},
+            "control_f1": {"fixed-time baseline": 4.0, "sft-ce": 80.0, "sft-cb_stream": 6.0},
+            "validation_w_avg_f1": {"sft-ce": ce - 1, "sft-cb_stream": cb - 1}, "final_model": "sft-ce"}
+
+
+def test_compare_tabulates_runs_side_by_side_with_the_mean(tmp_path, capsys):
+    runs = []
+    for seed, ce, cb, works in [(0, 18.0, 11.0, {"AA": True, "GP": True}), (1, 12.0, 14.0, {"AA": False, "GP": True})]:
+        d = tmp_path / f"seed{seed}"
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps(_summary(seed, ce, cb, works)))
+        runs.append(str(d))
+    assert main(["reproduce", "--compare", *runs, "--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert table.strip() in capsys.readouterr().out  # printed too
+    assert "| sft-ce | 18.0 | 12.0 | 15.0 |" in table  # test W-Avg per seed and the mean
+    assert "| sft-cb_stream | 11.0 | 14.0 | 12.5 |" in table
+    assert "| sft-ce | 2 (AA GP) | 1 (GP) | – |" in table  # works-on counts, not averaged
+    assert "| sft-cb_stream | 0 (–) | 0 (–) | – |" in table
+    assert "| fixed-time baseline | 4.0 | 4.0 | 4.0 |" in table  # the control task's own baseline
+    assert "Final model (chosen on validation): seed 0 sft-ce, seed 1 sft-ce" in table
+
+
+def test_compare_names_a_run_that_has_not_finished(tmp_path):
+    with pytest.raises(FileNotFoundError, match="results.json not found"):
+        main(["reproduce", "--compare", str(tmp_path)])
