@@ -250,12 +250,14 @@ def train_sft(run: Run, loss: str) -> None:
 
 def _stage_worker(out: Path, budget: Budget, seed: int, quick: bool, models: tuple[str, ...], stage: str,
                   args: tuple) -> None:
-    """One stage in its own process (``--jobs``): one torch thread, its log lines tagged with the stage."""
+    """One stage in its own process (``--jobs``): one torch thread, its log lines tagged with the worker.
+
+    A worker runs several stages in turn, so the tag is the process id; each stage logs its own name.
+    """
     import torch
 
-    tag = " ".join([stage, *map(str, args)])
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [{tag}] %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: "
+                        "%(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(1)
     PARALLEL_STAGES[stage](Run(out, budget, seed, quick, models), *args)
 
