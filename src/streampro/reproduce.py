@@ -107,7 +107,7 @@ class Run:
     """The output folder, its stage timings (``timings.json``) and the budget it was started with."""
 
     def __init__(self, out: Path, budget: Budget, seed: int, quick: bool, models: tuple[str, ...] = MODELS):
-        self.out, self.budget, self.seed, self.models = out, budget, seed, models
+        self.out, self.budget, self.seed, self.quick, self.models = out, budget, seed, quick, models
         out.mkdir(parents=True, exist_ok=True)
         settings = {"budget": asdict(budget), "seed": seed, "quick": quick}
         path = out / "settings.json"
@@ -262,7 +262,7 @@ def _stage_worker(out: Path, budget: Budget, seed: int, quick: bool, models: tup
     PARALLEL_STAGES[stage](Run(out, budget, seed, quick, models), *args)
 
 
-def run_stages(run: Run, quick: bool, jobs: int, stage: str, calls: list[tuple]) -> None:
+def run_stages(run: Run, jobs: int, stage: str, calls: list[tuple]) -> None:
     """``stage(run, *args)`` for each args in ``calls``: in order, or in ``jobs`` parallel processes.
 
     Stages are independent and each writes its own output, so the order does not matter; a worker's
@@ -277,17 +277,16 @@ def run_stages(run: Run, quick: bool, jobs: int, stage: str, calls: list[tuple])
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(min(jobs, len(calls)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_stage_worker, run.out, run.budget, run.seed, quick, run.models, stage, args)
+        futures = [pool.submit(_stage_worker, run.out, run.budget, run.seed, run.quick, run.models, stage, args)
                    for args in calls]
         for future in futures:
             future.result()
     run.timings = json.loads(run.timings_path.read_text())
 
 
-def best_sft_model(run: Run) -> str:
+def best_sft_model(run: Run, jobs: int = 1) -> str:
     """The SFT model with the best VALIDATION W-Avg F1 (evaluating the SFT models on validation first)."""
-    for m in SFT_MODELS:
-        evaluate(run, m, "validation")
+    run_stages(run, jobs, "evaluate", [(m, "validation") for m in SFT_MODELS])
     scores = {m: _results(run, m, "validation")["w_avg_f1"] or 0.0 for m in SFT_MODELS}
     return max(SFT_MODELS, key=lambda m: (scores[m], -SFT_MODELS.index(m)))
 
@@ -717,15 +716,13 @@ def run(args: argparse.Namespace) -> int:
     r = Run(args.out, budget, args.seed, args.quick, models)
     build_data(r)
     build_init(r)
-    jobs = args.jobs
-    run_stages(r, args.quick, jobs, "sft", [(loss,) for loss in LOSSES])
+    run_stages(r, args.jobs, "sft", [(loss,) for loss in LOSSES])
     if "grpo" in r.models:
-        run_stages(r, args.quick, jobs, "evaluate", [(m, "validation") for m in SFT_MODELS])  # picks grpo-best's start
-        run_stages(r, args.quick, jobs, "grpo", [("grpo", "sft-cb_stream"), ("grpo-best", best_sft_model(r))])
+        run_stages(r, args.jobs, "grpo", [("grpo", "sft-cb_stream"), ("grpo-best", best_sft_model(r, args.jobs))])
     splits = [("validation",), ("test",), ("test", True)]
     if r.budget.control_clips:
         splits += [("control_test",), ("control_test", True)]
-    run_stages(r, args.quick, jobs, "evaluate", [(m, *split) for m in r.models for split in splits])
+    run_stages(r, args.jobs, "evaluate", [(m, *split) for m in r.models for split in splits])
     summary = write_report(r)
     if args.install_assets:
         install_assets(r, summary)
