@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from streampro.metrics import TASKS
@@ -87,3 +88,33 @@ def test_compare_tabulates_runs_side_by_side_with_the_mean(tmp_path, capsys):
 def test_compare_names_a_run_that_has_not_finished(tmp_path):
     with pytest.raises(FileNotFoundError, match="results.json not found"):
         main(["reproduce", "--compare", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_control_first_curriculum_trains_the_control_clips_alone_then_each_loss_from_there(tmp_path):
+    from streampro import reproduce as R
+
+    run = R.Run(tmp_path, replace(R.QUICK, control_first_steps=2, sft_steps=1), seed=0, quick=True)
+    R.build_data(run)
+    R.build_init(run)
+    R.train_control_first(run)
+    ids = [json.loads(line)["id"] for line in (run.data / "sft" / "control_train.jsonl").read_text().splitlines()]
+    assert ids and all(i.startswith("synth-CC-") for i in ids)  # the control clips only
+    history = json.loads((run.model_dir("control-first") / "log_history.json").read_text())
+    assert history[-1]["step"] == 2
+    R.train_sft(run, "ce")
+    assert (run.model_dir("sft-ce") / "start.txt").read_text().strip() == "control-first"
+    assert (run.model_dir("control-first") / "start.txt").read_text().strip() == "init"
+    assert R._run_label(json.loads((tmp_path / "settings.json").read_text())) == "seed 0, sft-steps 1, control-first-steps 2"
+
+
+def test_a_run_from_before_a_budget_field_resumes_with_its_default(tmp_path):
+    from streampro import reproduce as R
+
+    R.Run(tmp_path, R.QUICK, seed=0, quick=True)
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    del settings["budget"]["control_first_steps"]  # written by an older version
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    R.Run(tmp_path, R.QUICK, seed=0, quick=True)  # accepted: that run had the default, 0
+    with pytest.raises(ValueError, match="other settings"):
+        R.Run(tmp_path, replace(R.QUICK, control_first_steps=5), seed=0, quick=True)

@@ -73,6 +73,9 @@ class Budget:
     sft_batch: int = 4
     sft_lr: float = 1e-3
     sft_warmup: int = 20
+    # > 0: before the three losses, train this many steps on the control task's clips alone (CE, from the
+    # init), and start every loss from that model (the "control first" curriculum; docs/reproduce.md).
+    control_first_steps: int = 0
     # The randomly initialised vision tower, projector included, stays fixed in SFT and GRPO (a random-
     # feature encoder): trained at lr 1e-3 its features collapsed to one direction and the models
     # ignored the frames (docs/reproduce.md, "What changed").
@@ -113,6 +116,8 @@ class Run:
         path = out / "settings.json"
         if path.exists():
             stored = json.loads(path.read_text())
+            # A run from before a budget field existed ran with that field's default.
+            stored["budget"] = {**asdict(Budget()), **stored.get("budget", {})}
             if stored != settings:
                 raise ValueError(
                     f"{out} was started with other settings ({path}: {stored}); resume with the same options "
@@ -228,24 +233,51 @@ def _freeze_argv(b: Budget) -> list[str]:
     return ["--freeze_vision", flag, "--freeze_projector", flag]
 
 
-def train_sft(run: Run, loss: str) -> None:
+def _sft(run: Run, name: str, start: str, train_file: Path, loss: str, steps: int) -> None:
+    """SFT stage ``name``: ``steps`` steps of ``loss`` on ``train_file`` from the model ``start``."""
     from trl import ModelConfig
 
     from streampro.trainer.sft import build_trainer
     from streampro.trainer.sft_config import SFTScriptArguments, StreamProSFTConfig
 
-    work = run.model_dir(f"sft-{loss}")
-    with run.stage(f"sft-{loss}", _is_model(work)) as todo:
+    work = run.model_dir(name)
+    with run.stage(name, _is_model(work)) as todo:
         if todo:
             b = run.budget
+            work.mkdir(parents=True, exist_ok=True)
+            (work / "start.txt").write_text(start + "\n")
             argv = [
-                "--model", str(run.model_dir("init")), "--train_file", str(run.data / "sft" / "train.jsonl"),
+                "--model", str(run.model_dir(start)), "--train_file", str(train_file),
                 "--eval_file", "", "--frames_root", str(run.data), "--frame_cache_dir", str(run.data / ".frame_cache"),
                 "--loss_type", loss, *_freeze_argv(b), "--per_device_train_batch_size", str(b.sft_batch),
                 "--gradient_accumulation_steps", "1", "--learning_rate", str(b.sft_lr), "--lr_scheduler_type",
-                "cosine", "--warmup_steps", str(b.sft_warmup), *_common_trainer_argv(run, work, b.sft_steps),
+                "cosine", "--warmup_steps", str(b.sft_warmup), *_common_trainer_argv(run, work, steps),
             ]
             _train(build_trainer, (SFTScriptArguments, StreamProSFTConfig, ModelConfig), argv, work)
+
+
+def train_control_first(run: Run) -> None:
+    """The curriculum stage (``control_first_steps`` > 0): the control clips alone, CE, from the init.
+
+    An easy task where the frames decide everything switches vision on (LEARNING.md); whether the mixed
+    SFT run does so by itself depended on the seed (docs/reproduce.md, "Seed replicates"). Shared by the
+    three losses, like the init, so their comparison still starts from one model.
+    """
+    from streampro.dataset_scripts.builders import build_records, write_jsonl
+
+    raw = run.data / "raw" / "control_train.jsonl"
+    if not raw.is_file():
+        raise FileNotFoundError(f"{raw} not found: the control-first stage needs the control task's clips "
+                                "(a budget with control_clips > 0)")
+    train_file = run.data / "sft" / "control_train.jsonl"
+    if not train_file.is_file():
+        write_jsonl(train_file, build_records("sft", _read_jsonl(raw)))
+    _sft(run, "control-first", "init", train_file, "ce", run.budget.control_first_steps)
+
+
+def train_sft(run: Run, loss: str) -> None:
+    start = "control-first" if run.budget.control_first_steps else "init"
+    _sft(run, f"sft-{loss}", start, run.data / "sft" / "train.jsonl", loss, run.budget.sft_steps)
 
 
 def _stage_worker(out: Path, budget: Budget, seed: int, quick: bool, models: tuple[str, ...], stage: str,
@@ -459,7 +491,8 @@ def format_results(summary: dict) -> str:
     from streampro.metrics import TASKS
 
     rows = summary["rows"]
-    lines = ["# StreamPro-Synth reproduction (test split, exact judge, ×100)", ""]
+    lines = ["# StreamPro-Synth reproduction (test split, exact judge, ×100)", "",
+             f"Run: {_run_label(summary['settings'])} (settings.json has the whole budget).", ""]
     head = "| model | " + " | ".join(f"{t} Time | {t} Acc | {t} P | {t} R | {t} F1" for t in TASKS)
     lines += [head + " | PU | TR | PA | Avg | W-Avg |", "|---" * (2 + 5 * len(TASKS) + 4) + "|"]
     for name, r in rows.items():
@@ -496,6 +529,14 @@ def format_results(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _run_label(settings: dict) -> str:
+    """``seed S``, plus what differs from the default budget (e.g. ``control-first 200``)."""
+    default = asdict(QUICK if settings.get("quick") else FULL)
+    changed = [f"{k.replace('_', '-')} {v:g}" for k, v in settings.get("budget", {}).items()
+               if k in default and v != default[k] and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return ", ".join([f"seed {settings['seed']}", *changed])
+
+
 def compare_runs(run_dirs: list[Path]) -> str:
     """One markdown table of several finished runs (e.g. seeds): test W-Avg F1, shuffled W-Avg, tasks
     where the model works, control F1, validation W-Avg, per run and the mean — how far one seed's
@@ -506,7 +547,7 @@ def compare_runs(run_dirs: list[Path]) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: finish `streampro reproduce --out {d}` first")
         summaries.append(json.loads(path.read_text()))
-    names = [f"seed {s['settings']['seed']}" for s in summaries]
+    names = [_run_label(s["settings"]) for s in summaries]
     models = [m for m in summaries[0]["models"] if all(m in s["models"] for s in summaries)]
 
     def mean(values: list) -> str:
@@ -686,6 +727,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-grpo", action="store_true", help="Stop after SFT (the table then has no GRPO row).")
     parser.add_argument("--sft-steps", type=int, help="Override the SFT steps of the budget (same for every loss).")
     parser.add_argument("--grpo-steps", type=int, help="Override the GRPO steps of the budget.")
+    parser.add_argument("--control-first-steps", type=int,
+                        help="Curriculum: first train this many steps on the control task alone (CE, shared by "
+                             "the three losses), then each loss from there (default: the budget's, 0 = off).")
     parser.add_argument("--jobs", "--sft-jobs", type=int, default=1, dest="jobs",
                         help="Run independent stages (the three SFT losses, the two GRPO runs, the evaluations) in "
                              "this many parallel processes, one torch thread each. On 2 cores, 3 is fastest.")
@@ -711,11 +755,17 @@ def run(args: argparse.Namespace) -> int:
         budget = replace(budget, sft_steps=args.sft_steps)
     if args.grpo_steps is not None:
         budget = replace(budget, grpo_steps=args.grpo_steps)
+    if args.control_first_steps is not None:
+        if args.control_first_steps < 0 or (args.control_first_steps and not budget.control_clips):
+            raise SystemExit("streampro reproduce: --control-first-steps must be >= 0 and needs control clips")
+        budget = replace(budget, control_first_steps=args.control_first_steps)
     models = tuple(m for m in MODELS if not (args.skip_grpo and m in GRPO_MODELS))
     start = time.monotonic()
     r = Run(args.out, budget, args.seed, args.quick, models)
     build_data(r)
     build_init(r)
+    if r.budget.control_first_steps:
+        train_control_first(r)
     run_stages(r, args.jobs, "sft", [(loss,) for loss in LOSSES])
     if "grpo" in r.models:
         run_stages(r, args.jobs, "grpo", [("grpo", "sft-cb_stream"), ("grpo-best", best_sft_model(r, args.jobs))])
