@@ -82,7 +82,22 @@ def test_compare_tabulates_runs_side_by_side_with_the_mean(tmp_path, capsys):
     assert "| sft-ce | 2 (AA GP) | 1 (GP) | – |" in table  # works-on counts, not averaged
     assert "| sft-cb_stream | 0 (–) | 0 (–) | – |" in table
     assert "| fixed-time baseline | 4.0 | 4.0 | 4.0 |" in table  # the control task's own baseline
-    assert "Final model (chosen on validation): seed 0 sft-ce, seed 1 sft-ce" in table
+    assert "Final model (chosen on validation): seed 0: sft-ce; seed 1: sft-ce" in table
+
+
+def test_compare_has_no_mean_over_runs_of_different_budgets(tmp_path):
+    runs = []
+    for name, budget in [("plain", {}), ("curriculum", {"control_first_steps": 200})]:
+        summary = _summary(2, 10.0, 12.0, {"GP": True})
+        summary["settings"]["budget"] = budget
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(summary))
+        runs.append(str(tmp_path / name))
+    assert main(["reproduce", "--compare", *runs, "--out", str(tmp_path / "cmp")]) == 0
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| model | seed 2 | seed 2, control-first-steps 200 |" in table
+    assert "| sft-ce | 10.0 | 10.0 |" in table and " mean |" not in table
+    assert "budgets differ, so there is no mean column" in table
 
 
 def test_compare_names_a_run_that_has_not_finished(tmp_path):

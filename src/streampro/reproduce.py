@@ -549,20 +549,25 @@ def compare_runs(run_dirs: list[Path]) -> str:
         summaries.append(json.loads(path.read_text()))
     names = [_run_label(s["settings"]) for s in summaries]
     models = [m for m in summaries[0]["models"] if all(m in s["models"] for s in summaries)]
+    # A mean over runs of different budgets would mix two recipes: then the runs are only shown side by side.
+    budgets = {json.dumps([{**asdict(Budget()), **s["settings"].get("budget", {})}, s["settings"].get("quick")],
+                          sort_keys=True) for s in summaries}
+    with_mean = len(budgets) == 1
 
     def mean(values: list) -> str:
         values = [v for v in values if v is not None]
         return _fmt(sum(values) / len(values)) if values else "–"
 
     def table(title: str, value) -> list[str]:
-        lines = [f"### {title}", "", "| model | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 2) + "|"]
+        head = names + ["mean"] * with_mean
+        lines = [f"### {title}", "", "| model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
         for model in ["fixed-time baseline", *models]:
             values = [value(s, model) for s in summaries]
             if all(v is None for v in values):
                 continue
             cells = [v if isinstance(v, str) else _fmt(v) for v in values]
             numeric = [v for v in values if not isinstance(v, str)]
-            lines.append(f"| {model} | " + " | ".join(cells) + f" | {mean(numeric)} |")
+            lines.append(f"| {model} | " + " | ".join(cells + [mean(numeric)] * with_mean) + " |")
         return lines + [""]
 
     def works(s: dict, model: str):
@@ -570,7 +575,8 @@ def compare_runs(run_dirs: list[Path]) -> str:
         return None if w is None else f"{sum(w.values())} ({' '.join(t for t, ok in w.items() if ok) or '–'})"
 
     lines = ["# StreamPro-Synth reproduction: runs side by side (test split, exact judge, ×100)", "",
-             "Runs: " + ", ".join(f"{n} = `{d}`" for n, d in zip(names, run_dirs)), ""]
+             "Runs: " + ", ".join(f"{n} = `{d}`" for n, d in zip(names, run_dirs)), "",
+             *([] if with_mean else ["The runs' budgets differ, so there is no mean column.", ""])]
     lines += table("Test W-Avg F1", lambda s, m: s["rows"][m]["w_avg_f1"])
     lines += table("Test W-Avg F1, frames shuffled",
                    lambda s, m: s["rows"].get(f"{m} (shuffled frames)", {}).get("w_avg_f1"))
@@ -578,7 +584,7 @@ def compare_runs(run_dirs: list[Path]) -> str:
     lines += table("Control task F1 (not in W-Avg)", lambda s, m: (s.get("control_f1") or {}).get(m))
     lines += table("Validation W-Avg F1 (model selection)", lambda s, m: s["validation_w_avg_f1"].get(m))
     lines += ["Final model (chosen on validation): "
-              + ", ".join(f"{n} {s['final_model']}" for n, s in zip(names, summaries)), ""]
+              + "; ".join(f"{n}: {s['final_model']}" for n, s in zip(names, summaries)), ""]
     return "\n".join(lines)
 
 
