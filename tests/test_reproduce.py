@@ -130,6 +130,6 @@ def test_a_run_from_before_a_budget_field_resumes_with_its_default(tmp_path):
     settings = json.loads((tmp_path / "settings.json").read_text())
     del settings["budget"]["control_first_steps"]  # written by an older version
     (tmp_path / "settings.json").write_text(json.dumps(settings))
-    R.Run(tmp_path, R.QUICK, seed=0, quick=True)  # accepted: that run had the default, 0
+    R.Run(tmp_path, R.QUICK, seed=0, quick=True)  # accepted: runs before the field had no curriculum
     with pytest.raises(ValueError, match="other settings"):
         R.Run(tmp_path, replace(R.QUICK, control_first_steps=5), seed=0, quick=True)

@@ -101,6 +101,15 @@ QUICK = replace(FULL, n_clips=21, control_clips=3, text_hidden=64, text_layers=2
                 grpo_generations=2, grpo_batch=2, grpo_max_new_tokens=4, eval_max_new_tokens=2)
 
 
+# What runs from before a budget field existed did instead (their settings.json lacks the field).
+LEGACY_BUDGET = {"control_first_steps": 0}
+
+
+def stored_budget(settings: dict) -> dict:
+    """A run's budget as recorded in its ``settings.json``, fields added since then filled in."""
+    return {**LEGACY_BUDGET, **settings.get("budget", {})}
+
+
 # --------------------------------------------------------------------------------------------
 # Stage bookkeeping
 # --------------------------------------------------------------------------------------------
@@ -116,8 +125,7 @@ class Run:
         path = out / "settings.json"
         if path.exists():
             stored = json.loads(path.read_text())
-            # A run from before a budget field existed ran with that field's default.
-            stored["budget"] = {**asdict(Budget()), **stored.get("budget", {})}
+            stored["budget"] = stored_budget(stored)
             if stored != settings:
                 raise ValueError(
                     f"{out} was started with other settings ({path}: {stored}); resume with the same options "
@@ -530,10 +538,10 @@ def format_results(summary: dict) -> str:
 
 
 def _run_label(settings: dict) -> str:
-    """``seed S``, plus what differs from the default budget (e.g. ``control-first 200``)."""
-    default = asdict(QUICK if settings.get("quick") else FULL)
-    changed = [f"{k.replace('_', '-')} {v:g}" for k, v in settings.get("budget", {}).items()
-               if k in default and v != default[k] and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    """``seed S``, plus what differs from the default budget (e.g. ``control-first-steps 200``)."""
+    default, stored = asdict(QUICK if settings.get("quick") else FULL), stored_budget(settings)
+    changed = [f"{k.replace('_', '-')} {stored[k]:g}" for k, v in default.items()
+               if k in stored and stored[k] != v and isinstance(v, (int, float)) and not isinstance(v, bool)]
     return ", ".join([f"seed {settings['seed']}", *changed])
 
 
@@ -550,8 +558,8 @@ def compare_runs(run_dirs: list[Path]) -> str:
     names = [_run_label(s["settings"]) for s in summaries]
     models = [m for m in summaries[0]["models"] if all(m in s["models"] for s in summaries)]
     # A mean over runs of different budgets would mix two recipes: then the runs are only shown side by side.
-    budgets = {json.dumps([{**asdict(Budget()), **s["settings"].get("budget", {})}, s["settings"].get("quick")],
-                          sort_keys=True) for s in summaries}
+    budgets = {json.dumps([stored_budget(s["settings"]), s["settings"].get("quick")], sort_keys=True)
+               for s in summaries}
     with_mean = len(budgets) == 1
 
     def mean(values: list) -> str:
