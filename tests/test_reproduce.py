@@ -109,7 +109,8 @@ def test_compare_names_a_run_that_has_not_finished(tmp_path):
 def test_control_first_curriculum_trains_the_control_clips_alone_then_each_loss_from_there(tmp_path):
     from streampro import reproduce as R
 
-    run = R.Run(tmp_path, replace(R.QUICK, control_first_steps=2, sft_steps=1), seed=0, quick=True)
+    budget = replace(R.QUICK, control_first_steps=2, control_first_loss="cb_stream", sft_steps=1)
+    run = R.Run(tmp_path, budget, seed=0, quick=True)
     R.build_data(run)
     R.build_init(run)
     R.train_control_first(run)
@@ -117,10 +118,12 @@ def test_control_first_curriculum_trains_the_control_clips_alone_then_each_loss_
     assert ids and all(i.startswith("synth-CC-") for i in ids)  # the control clips only
     history = json.loads((run.model_dir("control-first") / "log_history.json").read_text())
     assert history[-1]["step"] == 2
+    assert any("decision/response_weight" in entry for entry in history)  # CB-Stream's class weights: its loss
     R.train_sft(run, "ce")
     assert (run.model_dir("sft-ce") / "start.txt").read_text().strip() == "control-first"
     assert (run.model_dir("control-first") / "start.txt").read_text().strip() == "init"
-    assert R._run_label(json.loads((tmp_path / "settings.json").read_text())) == "seed 0, sft-steps 1, control-first-steps 2"
+    assert R._run_label(json.loads((tmp_path / "settings.json").read_text())) == (
+        "seed 0, sft-steps 1, control-first-steps 2, control-first-loss cb_stream")
 
 
 def test_a_run_from_before_a_budget_field_resumes_with_its_default(tmp_path):

@@ -73,9 +73,11 @@ class Budget:
     sft_batch: int = 4
     sft_lr: float = 1e-3
     sft_warmup: int = 20
-    # > 0: before the three losses, train this many steps on the control task's clips alone (CE, from the
-    # init), and start every loss from that model (the "control first" curriculum; docs/reproduce.md).
+    # > 0: before the three losses, train this many steps on the control task's clips alone (from the init,
+    # with ``control_first_loss``), and start every loss from that model (the "control first" curriculum;
+    # docs/reproduce.md).
     control_first_steps: int = 0
+    control_first_loss: str = "ce"
     # The randomly initialised vision tower, projector included, stays fixed in SFT and GRPO (a random-
     # feature encoder): trained at lr 1e-3 its features collapsed to one direction and the models
     # ignored the frames (docs/reproduce.md, "What changed").
@@ -102,7 +104,7 @@ QUICK = replace(FULL, n_clips=21, control_clips=3, text_hidden=64, text_layers=2
 
 
 # What runs from before a budget field existed did instead (their settings.json lacks the field).
-LEGACY_BUDGET = {"control_first_steps": 0}
+LEGACY_BUDGET = {"control_first_steps": 0, "control_first_loss": "ce"}
 
 
 def stored_budget(settings: dict) -> dict:
@@ -265,7 +267,7 @@ def _sft(run: Run, name: str, start: str, train_file: Path, loss: str, steps: in
 
 
 def train_control_first(run: Run) -> None:
-    """The curriculum stage (``control_first_steps`` > 0): the control clips alone, CE, from the init.
+    """The curriculum stage (``control_first_steps`` > 0): the control clips alone, from the init.
 
     An easy task where the frames decide everything switches vision on (LEARNING.md); whether the mixed
     SFT run does so by itself depended on the seed (docs/reproduce.md, "Seed replicates"). Shared by the
@@ -280,7 +282,7 @@ def train_control_first(run: Run) -> None:
     train_file = run.data / "sft" / "control_train.jsonl"
     if not train_file.is_file():
         write_jsonl(train_file, build_records("sft", _read_jsonl(raw)))
-    _sft(run, "control-first", "init", train_file, "ce", run.budget.control_first_steps)
+    _sft(run, "control-first", "init", train_file, run.budget.control_first_loss, run.budget.control_first_steps)
 
 
 def train_sft(run: Run, loss: str) -> None:
@@ -540,8 +542,8 @@ def format_results(summary: dict) -> str:
 def _run_label(settings: dict) -> str:
     """``seed S``, plus what differs from the default budget (e.g. ``control-first-steps 200``)."""
     default, stored = asdict(QUICK if settings.get("quick") else FULL), stored_budget(settings)
-    changed = [f"{k.replace('_', '-')} {stored[k]:g}" for k, v in default.items()
-               if k in stored and stored[k] != v and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    changed = [f"{k.replace('_', '-')} {stored[k]}" for k, v in default.items()
+               if k in stored and stored[k] != v and isinstance(v, (int, float, str)) and not isinstance(v, bool)]
     return ", ".join([f"seed {settings['seed']}", *changed])
 
 
@@ -742,8 +744,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sft-steps", type=int, help="Override the SFT steps of the budget (same for every loss).")
     parser.add_argument("--grpo-steps", type=int, help="Override the GRPO steps of the budget.")
     parser.add_argument("--control-first-steps", type=int,
-                        help="Curriculum: first train this many steps on the control task alone (CE, shared by "
-                             "the three losses), then each loss from there (default: the budget's, 0 = off).")
+                        help="Curriculum: first train this many steps on the control task alone (shared by the "
+                             "three losses), then each loss from there (default: the budget's, 0 = off).")
+    parser.add_argument("--control-first-loss", choices=LOSSES,
+                        help="The loss of the control-first stage (default: the budget's, ce).")
     parser.add_argument("--jobs", "--sft-jobs", type=int, default=1, dest="jobs",
                         help="Run independent stages (the three SFT losses, the two GRPO runs, the evaluations) in "
                              "this many parallel processes, one torch thread each. On 2 cores, 3 is fastest.")
@@ -773,6 +777,8 @@ def run(args: argparse.Namespace) -> int:
         if args.control_first_steps < 0 or (args.control_first_steps and not budget.control_clips):
             raise SystemExit("streampro reproduce: --control-first-steps must be >= 0 and needs control clips")
         budget = replace(budget, control_first_steps=args.control_first_steps)
+    if args.control_first_loss is not None:
+        budget = replace(budget, control_first_loss=args.control_first_loss)
     models = tuple(m for m in MODELS if not (args.skip_grpo and m in GRPO_MODELS))
     start = time.monotonic()
     r = Run(args.out, budget, args.seed, args.quick, models)
