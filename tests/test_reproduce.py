@@ -126,7 +126,7 @@ def test_control_first_curriculum_trains_the_control_clips_alone_then_each_loss_
         "seed 0, sft-steps 1, control-first-steps 2, control-first-loss cb_stream")
 
 
-def test_a_run_from_before_a_budget_field_resumes_with_its_default(tmp_path):
+def test_a_run_from_before_a_budget_field_resumes_as_it_ran(tmp_path):
     from streampro import reproduce as R
 
     R.Run(tmp_path, R.QUICK, seed=0, quick=True)

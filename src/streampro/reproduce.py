@@ -542,8 +542,7 @@ def format_results(summary: dict) -> str:
 def _run_label(settings: dict) -> str:
     """``seed S``, plus what differs from the default budget (e.g. ``control-first-steps 200``)."""
     default, stored = asdict(QUICK if settings.get("quick") else FULL), stored_budget(settings)
-    changed = [f"{k.replace('_', '-')} {stored[k]}" for k, v in default.items()
-               if k in stored and stored[k] != v and isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    changed = [f"{k.replace('_', '-')} {stored[k]}" for k, v in default.items() if stored.get(k, v) != v]
     return ", ".join([f"seed {settings['seed']}", *changed])
 
 
