@@ -56,6 +56,21 @@ def test_quick_reproduce_writes_every_row_and_resumes(tmp_path, capsys):
     # Another budget in the same folder is refused, not mixed in.
     with pytest.raises(ValueError, match="other settings"):
         main(["reproduce", "--out", str(out), "--quick", "--sft-steps", "5"])
+    # Shipping the chosen model: a loadable copy, its provenance (run label, whole budget) and demo clips.
+    from streampro import reproduce as R
+
+    assets = tmp_path / "assets"
+    R.install_assets(R.Run(out, R.QUICK, seed=0, quick=True), summary, assets=assets)
+    prov = json.loads((assets / "streampro-tiny-synth" / "PROVENANCE.json").read_text())
+    assert prov["source"].startswith(f"streampro reproduce ({summary['final_model']}; seed 0)")
+    assert prov["settings"]["budget"] == json.loads((out / "settings.json").read_text())["budget"]
+    assert prov["test_w_avg_f1"] == summary["rows"][summary["final_model"]]["w_avg_f1"]
+    assert (assets / "streampro-tiny-synth" / "model.safetensors").is_file()
+    demo = [json.loads(line) for line in (assets / "demo" / "references.jsonl").read_text().splitlines()]
+    final = summary["rows"][summary["final_model"]]
+    shown = sorted((t for t in TASKS if final[f"{t}_f1"] > 0), key=lambda t: -final[f"{t}_f1"])[:5]
+    assert [ref["task"] for ref in demo] == shown  # the tasks it does best; none it fails
+    assert all((assets / "demo" / ref["video"]).is_file() for ref in demo)
 
 
 def _summary(seed: int, ce: float, cb: float, works_ce: dict) -> dict:

@@ -706,8 +706,9 @@ def install_assets(run: Run, summary: dict, assets: Path = ASSETS_DIR, num_clips
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
     (model_dir / "PROVENANCE.json").write_text(json.dumps({
-        "source": f"streampro reproduce ({final}), chosen by validation W-Avg F1",
-        "settings": summary["settings"], "validation_w_avg_f1": summary["validation_w_avg_f1"],
+        "source": f"streampro reproduce ({final}; {_run_label(summary['settings'])}), chosen by validation W-Avg F1",
+        "settings": {**summary["settings"], "budget": stored_budget(summary["settings"])},  # every field, old runs too
+        "validation_w_avg_f1": summary["validation_w_avg_f1"],
         "test_w_avg_f1": summary["rows"][final]["w_avg_f1"]}, indent=2) + "\n")
     report = json.loads((run.eval_dir(final, "test") / "report.json").read_text())
     scores = {s["id"]: s.get("f1", 0.0) for s in report["per_sample"]}
