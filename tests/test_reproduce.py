@@ -151,3 +151,9 @@ def test_a_run_from_before_a_budget_field_resumes_as_it_ran(tmp_path):
     R.Run(tmp_path, R.QUICK, seed=0, quick=True)  # accepted: runs before the field had no curriculum
     with pytest.raises(ValueError, match="other settings"):
         R.Run(tmp_path, replace(R.QUICK, control_first_steps=5), seed=0, quick=True)
+
+
+def test_a_curriculum_loss_without_curriculum_steps_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="add --control-first-steps"):
+        main(["reproduce", "--out", str(tmp_path / "run"), "--quick", "--control-first-loss", "focal"])
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -778,6 +778,9 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("streampro reproduce: --control-first-steps must be >= 0 and needs control clips")
         budget = replace(budget, control_first_steps=args.control_first_steps)
     if args.control_first_loss is not None:
+        if not budget.control_first_steps:
+            raise SystemExit("streampro reproduce: --control-first-loss only applies to the curriculum stage; "
+                             "add --control-first-steps N (N > 0)")
         budget = replace(budget, control_first_loss=args.control_first_loss)
     models = tuple(m for m in MODELS if not (args.skip_grpo and m in GRPO_MODELS))
     start = time.monotonic()
