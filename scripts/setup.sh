@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# A dropped connection to the package registry should cost a retry, not a red CI (pip's default is 5).
+export PIP_RETRIES=${PIP_RETRIES:-15} PIP_TIMEOUT=${PIP_TIMEOUT:-60}
 TORCH_SPEC=${STREAMPRO_TORCH:-torch==2.13.0}
 TORCH_INDEX=()
 if [ -n "${STREAMPRO_TORCH_INDEX:-}" ]; then
