@@ -563,6 +563,7 @@ def encode_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: flo
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
                 if codec == "libx264":
                     stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}  # one thread: byte-identical output
+                    stream.codec_context.thread_count = 1  # PyAV otherwise sets 0 (auto), overriding "threads"
                 else:
                     stream.options = {"qscale": "2"}
             elif (h, w) != (stream.height, stream.width):
