@@ -439,6 +439,27 @@ def make_cc(canvas: Canvas, rng: np.random.Generator) -> Clip:
                 {"control": "screen colour", "before": c1, "after": c2})
 
 
+# Scene captions: one still frame of 1-3 shapes on the 3x3 grid and its description, asked as
+# "Describe the shapes you see." and answered on the first turn. They teach a randomly initialised
+# model the words for what the frames show (colour, shape, size, place) before any streaming task,
+# the job a pretrained VLM's image-caption stage does. Their references carry task "OU" (a
+# timestamped answer) and ids ``synth-CAP-*``; they are never part of the seven tasks' files.
+CAPTION_TASK = "CAP"
+CAPTION_QUESTION = "Describe the shapes you see."
+ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "centre", "right")
+
+
+def make_caption(canvas: Canvas, rng: np.random.Generator) -> Clip:
+    """CAP (pretraining): a still scene of 1-3 shapes; its caption lists them in reading order."""
+    actors = sorted(_new_actors(rng, _randint(rng, 1, 3)), key=lambda a: (a.gy, a.gx))
+    for a in actors:
+        a.keys = [(0.0, *_grid_xy(canvas, a.gx, a.gy), _radius(canvas, a.big))]
+    text = ", ".join(f"a {'big' if a.big else 'small'} {a.color} {a.shape} {ROWS[a.gy]} {COLUMNS[a.gx]}"
+                     for a in actors)
+    return Clip("OU", 1, CAPTION_QUESTION, 0.0, [{"text": text, "time": 1.0}], _actor_render(canvas, actors),
+                {"caption": True, "shapes": len(actors)})
+
+
 GENERATORS: dict[str, Callable[[Canvas, np.random.Generator], Clip]] = {
     "EU": make_eu, "OU": make_ou, "AA": make_aa, "TP": make_tp, "TG": make_tg, "GP": make_gp, "RF": make_rf,
 }
@@ -446,9 +467,11 @@ assert tuple(GENERATORS) == TASKS
 
 
 def make_clip(task: str, index: int, seed: int, size: int = 112) -> Clip:
-    """Clip ``index`` of ``task`` (one of TASKS, or CONTROL_TASK): depends only on (seed, task, index, size)."""
+    """Clip ``index`` of ``task`` (one of TASKS, CONTROL_TASK or CAPTION_TASK): depends only on (seed, task, index, size)."""
     if task == CONTROL_TASK:
         return make_cc(Canvas(size), np.random.default_rng([seed, len(TASKS), index]))
+    if task == CAPTION_TASK:
+        return make_caption(Canvas(size), np.random.default_rng([seed, len(TASKS) + 1, index]))
     rng = np.random.default_rng([seed, TASKS.index(task), index])
     return GENERATORS[task](Canvas(size), rng)
 
@@ -475,13 +498,15 @@ def per_task_counts(n: int) -> dict[str, int]:
 
 
 def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int = 112,
-             progress: bool = True, control: int = 0) -> dict:
+             progress: bool = True, control: int = 0, captions: int = 0) -> dict:
     """Write StreamPro-Synth to ``out_dir``; return the statistics that the card reports.
 
     ``control`` > 0 adds that many clips of the easy control task (``CONTROL_TASK``, split 80/10/10
     like a task): its training clips join ``sft/train.jsonl``, and all of them are also written to
     ``raw|bench/control_{split}.jsonl`` so they can be scored on their own. The seven tasks' raw,
-    RL and bench files never contain them.
+    RL and bench files never contain them. ``captions`` > 0 adds that many scene-caption clips
+    (``CAPTION_TASK``, 80/10/10), written only to ``raw|sft|bench/caption_{split}.jsonl`` for a
+    pretraining stage.
     """
     from tqdm import tqdm
 
@@ -491,6 +516,8 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
         raise ValueError(f"--n must be >= 1, got {n}")
     if control < 0:
         raise ValueError(f"--control must be >= 0, got {control}")
+    if captions < 0:
+        raise ValueError(f"--captions must be >= 0, got {captions}")
     if not (16 <= size <= 112) or size % 2:
         raise ValueError(f"--size must be an even number of pixels in [16, 112], got {size}")
     out = Path(out_dir)
@@ -499,6 +526,8 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
     counts_by_task = per_task_counts(n)
     if control:
         counts_by_task[CONTROL_TASK] = control
+    if captions:
+        counts_by_task[CAPTION_TASK] = captions
     for task, m in counts_by_task.items():
         counts, i = split_counts(m), 0
         for split in SPLITS:
@@ -506,7 +535,7 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
                 plan.append((split, task, i))
                 i += 1
     raw: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    raw_control: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    extra: dict[str, dict[str, list[dict]]] = {t: {s: [] for s in SPLITS} for t in (CONTROL_TASK, CAPTION_TASK)}
     for split, task, i in tqdm(plan, desc="synth", unit="clip", disable=not progress):
         clip = make_clip(task, i, seed, size)
         sample_id = f"synth-{task}-{i:05d}"
@@ -518,8 +547,10 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
             "answers": clip.answers, "system": None,
             "meta": {"seed": seed, "index": i, "split": split, **clip.meta},
         }
-        (raw_control if task == CONTROL_TASK else raw)[split].append(validate_raw(sample, where=sample_id))
-    stats: dict = {"seed": seed, "n": n, "size": size, "control": control, "splits": {}, "tasks": {}}
+        (extra[task] if task in extra else raw)[split].append(validate_raw(sample, where=sample_id))
+    raw_control, raw_caption = extra[CONTROL_TASK], extra[CAPTION_TASK]
+    stats: dict = {"seed": seed, "n": n, "size": size, "control": control, "captions": captions, "splits": {},
+                   "tasks": {}}
     for split in SPLITS:
         write_jsonl(out / "raw" / f"{split}.jsonl", raw[split])
         sft_stats: Counter = Counter()
@@ -534,6 +565,11 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
             write_jsonl(out / "raw" / f"control_{split}.jsonl", raw_control[split])
             write_jsonl(out / "bench" / f"control_{split}.jsonl", [to_reference(s) for s in raw_control[split]])
             stats["splits"][split]["control_clips"] = len(raw_control[split])
+        if captions:
+            write_jsonl(out / "raw" / f"caption_{split}.jsonl", raw_caption[split])
+            write_jsonl(out / "sft" / f"caption_{split}.jsonl", build_records("sft", raw_caption[split], 1.0))
+            write_jsonl(out / "bench" / f"caption_{split}.jsonl", [to_reference(s) for s in raw_caption[split]])
+            stats["splits"][split]["caption_clips"] = len(raw_caption[split])
     for task in TASKS:
         task_stats: Counter = Counter()
         build_records("sft", [s for split in SPLITS for s in raw[split] if s["task"] == task], 1.0, task_stats)
@@ -579,10 +615,18 @@ training clips are part of `sft/train.jsonl`; all of them are also in `raw|bench
 (references with task `OU`, scored with OU's window, ids `synth-CC-*`) to be reported on their own.
 They are in no other file, so the seven tasks' splits, RL data and benchmarks are unchanged.
 """
+    if stats.get("captions"):
+        control += f"""
+## Scene captions (pretraining only)
+`--captions {stats['captions']}` added one-second clips of a still scene of 1–3 shapes on the 3×3 grid,
+asked "{CAPTION_QUESTION}" and answered on the first turn with their description in reading order
+(`a big red triangle top left, a small blue circle middle centre`). They are only in
+`raw|sft|bench/caption_{{split}}.jsonl` (ids `synth-CAP-*`, references with task `OU`).
+"""
     tasks = "\n".join(f"- **{t}**: {d}." for t, d in _TASK_DOC.items())
     body = f"""\
 Procedural streaming videos with exact ground truth for the seven StreamPro tasks, generated by
-`streampro data synth --n {stats['n']} --seed {stats['seed']} --size {stats['size']}{f" --control {stats['control']}" if stats.get('control') else ""}`. Same seed, same files.
+`streampro data synth --n {stats['n']} --seed {stats['seed']} --size {stats['size']}{f" --control {stats['control']}" if stats.get('control') else ""}{f" --captions {stats['captions']}" if stats.get('captions') else ""}`. Same seed, same files.
 
 Clips are {MIN_DURATION}–{MAX_DURATION} s, {stats['size']}×{stats['size']} px, H.264 at {ENCODE_FPS} fps
 (frame j shows time j/{ENCODE_FPS} s), a few large saturated shapes on a dark background. Answers are
@@ -624,12 +668,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--control", type=int, default=0,
                         help="Also add this many clips of the easy control task 'the screen changes colour' "
                              "(training clips join sft/train.jsonl; scored separately via bench/control_*.jsonl).")
+    parser.add_argument("--captions", type=int, default=0,
+                        help="Also add this many scene-caption clips (a still frame and its description) for "
+                             "caption pretraining; written only to raw|sft|bench/caption_*.jsonl.")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
 
 
 def run(args) -> int:
     stats = generate(args.out, n=args.n, seed=args.seed, size=args.size, progress=not args.no_progress,
-                     control=args.control)
+                     control=args.control, captions=args.captions)
     print(f"StreamPro-Synth -> {args.out}")
     for split, st in stats["splits"].items():
         print(f"  {split}: {st['clips']} clips, {st.get('response_turns', 0)} response turns, "

@@ -227,3 +227,35 @@ def test_control_task_is_trained_on_but_kept_out_of_the_seven_tasks(tmp_path):
         assert (plain / kind / "test.jsonl").read_bytes() == (out / kind / "test.jsonl").read_bytes()
     with pytest.raises(ValueError, match="--control"):
         generate(tmp_path / "bad", n=7, control=-1)
+
+
+def test_caption_clips_describe_their_frame_and_stay_out_of_the_task_files(tmp_path):
+    """--captions adds still scenes with their description, in caption_* files only."""
+    from streampro.dataset_scripts.synth import CAPTION_QUESTION, COLUMNS, ROWS, Canvas, _grid_xy
+
+    out = tmp_path / "with_captions"
+    stats = generate(out, n=21, seed=1, size=56, progress=False, captions=20)
+    assert stats["splits"]["train"]["caption_clips"] == 16
+    assert "## Scene captions" in (out / "README.md").read_text()
+    for split, count in (("train", 16), ("validation", 2), ("test", 2)):
+        refs = [json.loads(x) for x in (out / "bench" / f"caption_{split}.jsonl").read_text().splitlines()]
+        assert len(refs) == count and all(r["id"].startswith("synth-CAP-") for r in refs)
+        for kind in ("raw", "sft", "rl", "bench"):
+            assert "synth-CAP-" not in (out / kind / f"{split}.jsonl").read_text(), (kind, split)
+    records = [json.loads(x) for x in (out / "sft" / "caption_train.jsonl").read_text().splitlines()]
+    canvas = Canvas(56)
+    for record in records:
+        assert record["num_turns"] == 1 and record["questions"][0]["text"] == CAPTION_QUESTION
+        assert [r["turn"] for r in record["responses"]] == [0]  # answered on the frame itself
+        (frame,) = load_record_frames(record, out)
+        for part in record["responses"][0]["text"].split(", "):
+            _, size, color, shape, row, column = part.split()
+            x, y = _grid_xy(canvas, COLUMNS.index(column), ROWS.index(row))
+            assert _close(_pixel(frame, x, y), COLORS[color]), (record["id"], part)
+            assert size in ("big", "small") and shape in ("square", "circle", "triangle")
+    plain = tmp_path / "plain"
+    generate(plain, n=21, seed=1, size=56, progress=False)
+    for kind in ("raw", "sft", "bench", "rl"):
+        assert (plain / kind / "train.jsonl").read_bytes() == (out / kind / "train.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="--captions"):
+        generate(tmp_path / "bad", n=7, captions=-1)

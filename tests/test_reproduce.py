@@ -141,12 +141,52 @@ def test_control_first_curriculum_trains_the_control_clips_alone_then_each_loss_
         "seed 0, sft-steps 1, control-first-steps 2, control-first-loss cb_stream")
 
 
+@pytest.mark.slow
+def test_caption_stage_centred_features_and_short_prompt(tmp_path):
+    """--caption-steps trains the language model on captions first (tower fixed); the init options apply."""
+    import torch
+    from safetensors.torch import load_file
+
+    from streampro import reproduce as R
+    from streampro.loading import load_model_and_processor
+
+    budget = replace(R.QUICK, caption_steps=2, sft_steps=1, centre_image_features=True, short_system_prompt=True)
+    run = R.Run(tmp_path, budget, seed=0, quick=True)
+    R.build_data(run)
+    R.build_init(run)
+    model, processor = load_model_and_processor(run.model_dir("init"), device="cpu")
+    assert processor.system_prompt == R.SHORT_SYSTEM_PROMPT  # saved with the processor: every stage uses it
+    inputs = processor.image_processor(images=R._training_frames(run), return_tensors="pt")
+    with torch.no_grad():
+        features = model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+    features = getattr(features, "pooler_output", features)
+    assert features.mean(0).norm() < 1e-4
+    assert (features - features.mean(0)).norm(dim=-1).mean() == pytest.approx(1.0, abs=1e-4)
+
+    R.train_captions(run)
+    ids = [json.loads(line)["id"] for line in (run.data / "sft" / "caption_train.jsonl").read_text().splitlines()]
+    assert ids and all(i.startswith("synth-CAP-") for i in ids)
+    R.train_sft(run, "ce")
+    assert (run.model_dir("sft-ce") / "start.txt").read_text().strip() == "captions"
+    weights = {name: load_file(run.model_dir(name) / "model.safetensors") for name in ("init", "captions", "sft-ce")}
+    tower = [key for key in weights["init"] if key.startswith("visual.")]
+    assert tower
+    for key in tower:  # the tower stays as initialised in every stage
+        assert weights["init"][key].equal(weights["captions"][key]) and weights["init"][key].equal(weights["sft-ce"][key])
+    assert any(not v.equal(weights["captions"][k]) for k, v in weights["init"].items() if not k.startswith("visual."))
+    report = R.evaluate(run, "captions", "caption_validation", max_new_tokens=R.CAPTION_MAX_NEW_TOKENS)
+    assert json.loads((report / "report.json").read_text())["results"]["OU_f1"] is not None
+    assert R._run_label(json.loads((tmp_path / "settings.json").read_text())) == (
+        "seed 0, sft-steps 1, caption-steps 2, centre-image-features True, short-system-prompt True")
+
+
 def test_a_run_from_before_a_budget_field_resumes_as_it_ran(tmp_path):
     from streampro import reproduce as R
 
     R.Run(tmp_path, R.QUICK, seed=0, quick=True)
     settings = json.loads((tmp_path / "settings.json").read_text())
-    del settings["budget"]["control_first_steps"]  # written by an older version
+    for field in R.ADDED_FIELDS:
+        del settings["budget"][field]  # written by an older version
     (tmp_path / "settings.json").write_text(json.dumps(settings))
     R.Run(tmp_path, R.QUICK, seed=0, quick=True)  # accepted: runs before the field had no curriculum
     with pytest.raises(ValueError, match="other settings"):
@@ -157,3 +197,9 @@ def test_a_curriculum_loss_without_curriculum_steps_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="add --control-first-steps"):
         main(["reproduce", "--out", str(tmp_path / "run"), "--quick", "--control-first-loss", "focal"])
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_negative_caption_steps_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="--caption-steps must be >= 0"):
+        main(["reproduce", "--out", str(tmp_path / "run"), "--quick", "--caption-steps", "-1"])
+    assert not (tmp_path / "run").exists()

@@ -78,6 +78,18 @@ class Budget:
     # docs/reproduce.md).
     control_first_steps: int = 0
     control_first_loss: str = "ce"
+    # > 0: first of all, train this many steps of CE on scene captions (``caption_clips`` still frames of
+    # 1-3 shapes and their description, 80/10/10) from the init, the tower fixed as below: the job of a
+    # VLM's image-caption stage, teaching the language model to read the frames (docs/reproduce.md).
+    caption_steps: int = 0
+    caption_clips: int = 2000
+    caption_batch: int = 16
+    # Shift and scale the projector's output layer at init so that the image features of the training
+    # frames have mean 0 and a mean norm of 1 (a data-dependent init; the architecture is unchanged):
+    # the random tower's features share one large common direction.
+    centre_image_features: bool = False
+    # The tiny model's system prompt: SHORT_SYSTEM_PROMPT instead of the 200-token default.
+    short_system_prompt: bool = False
     # The randomly initialised vision tower, projector included, stays fixed in SFT and GRPO (a random-
     # feature encoder): trained at lr 1e-3 its features collapsed to one direction and the models
     # ignored the frames (docs/reproduce.md, "What changed").
@@ -100,16 +112,22 @@ FULL = Budget()
 # a few steps.
 QUICK = replace(FULL, n_clips=21, control_clips=3, text_hidden=64, text_layers=2, text_intermediate=128, vision_hidden=32,
                 vision_heads=2, vision_intermediate=64, sft_steps=3, sft_batch=2, sft_warmup=0, grpo_steps=1,
-                grpo_generations=2, grpo_batch=2, grpo_max_new_tokens=4, eval_max_new_tokens=2)
+                grpo_generations=2, grpo_batch=2, grpo_max_new_tokens=4, eval_max_new_tokens=2, caption_clips=3,
+                caption_batch=2)
 
 
-# What runs from before a budget field existed did instead (their settings.json lacks the field).
-LEGACY_BUDGET = {"control_first_steps": 0, "control_first_loss": "ce"}
+# Budget fields added after the first runs. Each one's default is what runs from before it did (its
+# stage off), so a settings.json that lacks it is filled in with the default.
+ADDED_FIELDS = ("control_first_steps", "control_first_loss", "caption_steps", "caption_clips", "caption_batch",
+                "centre_image_features", "short_system_prompt")
+SHORT_SYSTEM_PROMPT = ("You are StreamPro. After each frame answer </Silence>, or </Response> and the answer as soon "
+                       "as it is known.")
 
 
 def stored_budget(settings: dict) -> dict:
     """A run's budget as recorded in its ``settings.json``, fields added since then filled in."""
-    return {**LEGACY_BUDGET, **settings.get("budget", {})}
+    default = asdict(QUICK if settings.get("quick") else FULL)
+    return {**{k: default[k] for k in ADDED_FIELDS}, **settings.get("budget", {})}
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +212,8 @@ def build_data(run: Run) -> None:
     with run.stage("data", (run.data / "README.md").is_file()) as todo:
         if todo:
             generate(run.data, n=run.budget.n_clips, seed=run.seed, size=run.budget.size, progress=True,
-                     control=run.budget.control_clips)
+                     control=run.budget.control_clips,
+                     captions=run.budget.caption_clips if run.budget.caption_steps else 0)
 
 
 def build_init(run: Run) -> None:
@@ -208,8 +227,43 @@ def build_init(run: Run) -> None:
                                      max_pixels=side * side, **run.budget.model_sizes())
             n = sum(p.numel() for p in tb.model.parameters())
             logger.info("tiny Qwen2.5-VL StreamPro model: %.2f M parameters", n / 1e6)
+            if run.budget.centre_image_features:
+                centre_image_features(tb.model, tb.processor, _training_frames(run))
+            if run.budget.short_system_prompt:
+                tb.processor.system_prompt = SHORT_SYSTEM_PROMPT  # saved with the processor, used by every stage
             tb.model.save_pretrained(path)
             tb.processor.save_pretrained(path)
+
+
+def _training_frames(run: Run, clips: int = 64) -> list:
+    """The frames of the first ``clips`` training clips (every task: the file is ordered by task)."""
+    from streampro.dataset_scripts import load_record_frames
+
+    records = _read_jsonl(run.data / "sft" / "train.jsonl")
+    step = max(1, len(records) // clips)
+    return [frame for record in records[::step][:clips] for frame in load_record_frames(record, run.data)]
+
+
+def centre_image_features(model, processor, frames: list, norm: float = 1.0) -> None:
+    """Shift and scale the projector's last layer so ``frames`` give features of mean 0, mean norm ``norm``.
+
+    A random tower's image features share one large common direction (norm ~1.1 against ~0.4 for what
+    differs between frames); after the language model's RMSNorm every frame then looks almost alike.
+    Changes two tensors' values only (Qwen2.5-VL's ``merger.mlp[-1]``), like a data-dependent init.
+    """
+    import torch
+
+    inputs = processor.image_processor(images=frames, return_tensors="pt")
+    last = model.model.visual.merger.mlp[-1]
+    with torch.no_grad():
+        features = model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+        features = getattr(features, "pooler_output", features)
+        mean = features.mean(0)
+        scale = norm / (features - mean).norm(dim=-1).mean()
+        last.bias.sub_(mean).mul_(scale)
+        last.weight.mul_(scale)
+    logger.info("centred the image features on %d frames (common part %.2f, scaled by %.2f)", len(frames),
+                float(mean.norm()), float(scale))
 
 
 def _train(build_trainer, parser_types, argv: list[str], work: Path) -> None:
@@ -243,8 +297,8 @@ def _freeze_argv(b: Budget) -> list[str]:
     return ["--freeze_vision", flag, "--freeze_projector", flag]
 
 
-def _sft(run: Run, name: str, start: str, train_file: Path, loss: str, steps: int) -> None:
-    """SFT stage ``name``: ``steps`` steps of ``loss`` on ``train_file`` from the model ``start``."""
+def _sft(run: Run, name: str, start: str, train_file: Path, loss: str, steps: int, batch: int | None = None) -> None:
+    """SFT stage ``name``: ``steps`` steps of ``loss`` on ``train_file`` from the model ``start`` (batch: the SFT one)."""
     from trl import ModelConfig
 
     from streampro.trainer.sft import build_trainer
@@ -259,11 +313,34 @@ def _sft(run: Run, name: str, start: str, train_file: Path, loss: str, steps: in
             argv = [
                 "--model", str(run.model_dir(start)), "--train_file", str(train_file),
                 "--eval_file", "", "--frames_root", str(run.data), "--frame_cache_dir", str(run.data / ".frame_cache"),
-                "--loss_type", loss, *_freeze_argv(b), "--per_device_train_batch_size", str(b.sft_batch),
+                "--loss_type", loss, *_freeze_argv(b),
+                "--per_device_train_batch_size", str(batch or b.sft_batch),
                 "--gradient_accumulation_steps", "1", "--learning_rate", str(b.sft_lr), "--lr_scheduler_type",
                 "cosine", "--warmup_steps", str(b.sft_warmup), *_common_trainer_argv(run, work, steps),
             ]
             _train(build_trainer, (SFTScriptArguments, StreamProSFTConfig, ModelConfig), argv, work)
+
+
+def _after_init(run: Run) -> str:
+    """The model the curriculum stages and the losses build on: the caption stage's, or the init."""
+    return "captions" if run.budget.caption_steps else "init"
+
+
+def train_captions(run: Run) -> None:
+    """The caption stage (``caption_steps`` > 0): CE on scene captions from the init, tower fixed.
+
+    The fixed random tower's features hold the colour and shape of what a frame shows (a linear probe
+    reads them), but the streaming models hardly use them: the words the answers need are rare in the
+    streaming data. Captions supervise those words on every frame, like a VLM's image-caption stage.
+    The tower stays fixed here too: trained on captions from random initialisation it collapsed like
+    on the streaming tasks (docs/reproduce.md, "Reading the frames").
+    """
+    train_file = run.data / "sft" / "caption_train.jsonl"
+    if not train_file.is_file():
+        raise FileNotFoundError(f"{train_file} not found: the caption stage needs the data stage's caption clips; "
+                                "start a new --out (runs from before --caption-steps have none)")
+    b = run.budget
+    _sft(run, "captions", "init", train_file, "ce", b.caption_steps, batch=b.caption_batch)
 
 
 def train_control_first(run: Run) -> None:
@@ -282,11 +359,12 @@ def train_control_first(run: Run) -> None:
     train_file = run.data / "sft" / "control_train.jsonl"
     if not train_file.is_file():
         write_jsonl(train_file, build_records("sft", _read_jsonl(raw)))
-    _sft(run, "control-first", "init", train_file, run.budget.control_first_loss, run.budget.control_first_steps)
+    _sft(run, "control-first", _after_init(run), train_file, run.budget.control_first_loss,
+         run.budget.control_first_steps)
 
 
 def train_sft(run: Run, loss: str) -> None:
-    start = "control-first" if run.budget.control_first_steps else "init"
+    start = "control-first" if run.budget.control_first_steps else _after_init(run)
     _sft(run, f"sft-{loss}", start, run.data / "sft" / "train.jsonl", loss, run.budget.sft_steps)
 
 
@@ -364,7 +442,11 @@ def train_grpo(run: Run, name: str = "grpo", start: str = "sft-cb_stream") -> No
             _train(build_trainer, (GRPOScriptArguments, StreamProGRPOConfig, ModelConfig), argv, work)
 
 
-def evaluate(run: Run, model: str, split: str, shuffle: bool = False) -> Path:
+# A three-shape caption is ~37 tokens with the tiny tokenizer; the task answers are at most ~16.
+CAPTION_MAX_NEW_TOKENS = 48
+
+
+def evaluate(run: Run, model: str, split: str, shuffle: bool = False, max_new_tokens: int | None = None) -> Path:
     """``streampro evaluate`` (exact judge) of one model on one split; resumable by the harness."""
     from streampro.evaluation import cli as eval_cli
 
@@ -376,7 +458,7 @@ def evaluate(run: Run, model: str, split: str, shuffle: bool = False) -> Path:
             eval_cli.add_arguments(parser)
             argv = ["--model", str(run.model_dir(model)), "--benchmark", str(run.data / "bench" / f"{split}.jsonl"),
                     "--video-root", str(run.data), "--out", str(out), "--judge", "exact",
-                    "--max-new-tokens", str(run.budget.eval_max_new_tokens), "--no-progress",
+                    "--max-new-tokens", str(max_new_tokens or run.budget.eval_max_new_tokens), "--no-progress",
                     "--plot-samples", "0"]
             if shuffle:
                 argv += ["--shuffle-frames", str(SHUFFLE_SEED)]
@@ -473,10 +555,12 @@ def collect(run: Run, baseline: dict) -> dict:
             control[model] = _results(run, model, "control_test")["OU_f1"]
             control[f"{model} (shuffled frames)"] = _results(run, model, "control_test-shuffled")["OU_f1"]
     starts = {m: _grpo_start(run, m) for m in run.models if m in GRPO_MODELS}
+    captions = _results(run, "captions", "caption_validation")["OU_f1"] if run.budget.caption_steps else None
     return {
         "rows": rows,
         "grpo_starts": starts,
         "control_f1": control,
+        "caption_validation_f1": captions,
         "models": list(run.models),
         "validation_w_avg_f1": {m: validation[m]["w_avg_f1"] for m in run.models},
         "final_model": final,
@@ -528,6 +612,9 @@ def format_results(summary: dict) -> str:
                   "", "| model | F1 | F1, shuffled frames |", "|---|---|---|",
                   f"| fixed-time baseline | {_fmt(c['fixed-time baseline'])} | – |"]
         lines += [f"| {m} | {_fmt(c[m])} | {_fmt(c[f'{m} (shuffled frames)'])} |" for m in models]
+    if summary.get("caption_validation_f1") is not None:
+        lines += ["", f"Caption stage: F1 {_fmt(summary['caption_validation_f1'])} on the validation captions (exact "
+                  "match of the whole description; the tower it trained is kept fixed afterwards)."]
     lines += ["", "Fixed-time baseline (chosen on validation): "
               + "; ".join(f"{t} at {c['time']:g} s `{c['answer']}`" for t, c in summary["baseline_choice"].items()), "",
               *([("GRPO started from: " + ", ".join(f"{m} ← {src}" for m, src in summary["grpo_starts"].items())), ""]
@@ -748,6 +835,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "three losses), then each loss from there (default: the budget's, 0 = off).")
     parser.add_argument("--control-first-loss", choices=LOSSES,
                         help="The loss of the control-first stage (default: the budget's, ce).")
+    parser.add_argument("--caption-steps", type=int,
+                        help="Pretraining: first train this many steps on scene captions (the tower fixed, as "
+                             "in every stage), then the rest from there (default: the budget's, 0 = off).")
+    parser.add_argument("--centre-image-features", action="store_true",
+                        help="Init: shift and scale the projector's output layer so the training frames' image "
+                             "features have mean 0 and norm 1 (docs/reproduce.md, 'Reading the frames').")
+    parser.add_argument("--short-system-prompt", action="store_true",
+                        help="Give the tiny model a one-sentence system prompt instead of the 200-token default.")
     parser.add_argument("--jobs", "--sft-jobs", type=int, default=1, dest="jobs",
                         help="Run independent stages (the three SFT losses, the two GRPO runs, the evaluations) in "
                              "this many parallel processes, one torch thread each. On 2 cores, 3 is fastest.")
@@ -782,11 +877,22 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("streampro reproduce: --control-first-loss only applies to the curriculum stage; "
                              "add --control-first-steps N (N > 0)")
         budget = replace(budget, control_first_loss=args.control_first_loss)
+    if args.caption_steps is not None:
+        if args.caption_steps < 0:
+            raise SystemExit("streampro reproduce: --caption-steps must be >= 0")
+        budget = replace(budget, caption_steps=args.caption_steps)
+    if args.centre_image_features:
+        budget = replace(budget, centre_image_features=True)
+    if args.short_system_prompt:
+        budget = replace(budget, short_system_prompt=True)
     models = tuple(m for m in MODELS if not (args.skip_grpo and m in GRPO_MODELS))
     start = time.monotonic()
     r = Run(args.out, budget, args.seed, args.quick, models)
     build_data(r)
     build_init(r)
+    if r.budget.caption_steps:
+        train_captions(r)
+        evaluate(r, "captions", "caption_validation", max_new_tokens=CAPTION_MAX_NEW_TOKENS)
     if r.budget.control_first_steps:
         train_control_first(r)
     run_stages(r, args.jobs, "sft", [(loss,) for loss in LOSSES])
