@@ -171,12 +171,16 @@ def _schedule(rng: np.random.Generator, n: int, first_start: tuple[int, int],
     return spans
 
 
+def _place_at_rest(canvas: Canvas, actors: list[Actor]) -> None:
+    """Start every actor's keyframes with its grid cell and size at time 0."""
+    for a in actors:
+        a.keys = [(0.0, *_grid_xy(canvas, a.gx, a.gy), _radius(canvas, a.big))]
+
+
 def _play(canvas: Canvas, rng: np.random.Generator, actors: list[Actor], n_events: int,
           first_start: tuple[int, int]) -> list[dict]:
     """Give ``n_events`` scheduled actions to random actors; fill their keyframes; return the events."""
-    for a in actors:
-        x, y = _grid_xy(canvas, a.gx, a.gy)
-        a.keys = [(0.0, x, y, _radius(canvas, a.big))]
+    _place_at_rest(canvas, actors)
     events = []
     for s, e in _schedule(rng, n_events, first_start):
         for _ in range(20):  # pick an actor and an action whose text is new (unique event texts)
@@ -452,8 +456,7 @@ ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "centre", "right")
 def make_caption(canvas: Canvas, rng: np.random.Generator) -> Clip:
     """CAP (pretraining): a still scene of 1-3 shapes; its caption lists them in reading order."""
     actors = sorted(_new_actors(rng, _randint(rng, 1, 3)), key=lambda a: (a.gy, a.gx))
-    for a in actors:
-        a.keys = [(0.0, *_grid_xy(canvas, a.gx, a.gy), _radius(canvas, a.big))]
+    _place_at_rest(canvas, actors)
     text = ", ".join(f"a {'big' if a.big else 'small'} {a.color} {a.shape} {ROWS[a.gy]} {COLUMNS[a.gx]}"
                      for a in actors)
     return Clip("OU", 1, CAPTION_QUESTION, 0.0, [{"text": text, "time": 1.0}], _actor_render(canvas, actors),

@@ -344,7 +344,7 @@ def train_captions(run: Run) -> None:
 
 
 def train_control_first(run: Run) -> None:
-    """The curriculum stage (``control_first_steps`` > 0): the control clips alone, from the init.
+    """The curriculum stage (``control_first_steps`` > 0): the control clips alone, from the init (or captions).
 
     An easy task where the frames decide everything switches vision on (LEARNING.md); whether the mixed
     SFT run does so by itself depended on the seed (docs/reproduce.md, "Seed replicates"). Shared by the
@@ -614,7 +614,7 @@ def format_results(summary: dict) -> str:
         lines += [f"| {m} | {_fmt(c[m])} | {_fmt(c[f'{m} (shuffled frames)'])} |" for m in models]
     if summary.get("caption_validation_f1") is not None:
         lines += ["", f"Caption stage: F1 {_fmt(summary['caption_validation_f1'])} on the validation captions (exact "
-                  "match of the whole description; the tower it trained is kept fixed afterwards)."]
+                  "match of the whole description; the later stages start from this model)."]
     lines += ["", "Fixed-time baseline (chosen on validation): "
               + "; ".join(f"{t} at {c['time']:g} s `{c['answer']}`" for t, c in summary["baseline_choice"].items()), "",
               *([("GRPO started from: " + ", ".join(f"{m} ← {src}" for m, src in summary["grpo_starts"].items())), ""]
