@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 from streampro.metrics import TASKS
@@ -42,6 +42,10 @@ def test_quick_reproduce_writes_every_row_and_resumes(tmp_path, capsys):
         assert f"| {name}" in table
     assert (out / "plots" / "reproduce_task_f1.png").stat().st_size > 0
     assert (out / "plots" / "reproduce_timelines.png").stat().st_size > 0
+    # The default recipe: captions, then the control-first warm-up, then every loss from there.
+    assert (out / "models" / "control-first" / "start.txt").read_text().strip() == "captions"
+    assert all((out / "models" / m / "start.txt").read_text().strip() == "control-first" for m in models[:3])
+    assert summary["caption_validation_f1"] is not None
     # Every model was trained and saved; each evaluation used the exact judge.
     for m in models:
         assert (out / "models" / m / "model.safetensors").is_file()
@@ -76,7 +80,9 @@ def test_quick_reproduce_writes_every_row_and_resumes(tmp_path, capsys):
 def _summary(seed: int, ce: float, cb: float, works_ce: dict) -> dict:
     rows = {"fixed-time baseline": {"w_avg_f1": 7.0}, "sft-ce": {"w_avg_f1": ce}, "sft-cb_stream": {"w_avg_f1": cb},
             "sft-ce (shuffled frames)": {"w_avg_f1": 5.0}, "sft-cb_stream (shuffled frames)": {"w_avg_f1": cb}}
-    return {"settings": {"seed": seed}, "models": ["sft-ce", "sft-cb_stream"], "rows": rows,
+    from streampro.reproduce import FULL
+
+    return {"settings": {"seed": seed, "budget": asdict(FULL)}, "models": ["sft-ce", "sft-cb_stream"], "rows": rows,
             "works": {"sft-ce": works_ce, "sft-cb_stream": {"AA": False, "GP": False}},
             "control_f1": {"fixed-time baseline": 4.0, "sft-ce": 80.0, "sft-cb_stream": 6.0},
             "validation_w_avg_f1": {"sft-ce": ce - 1, "sft-cb_stream": cb - 1}, "final_model": "sft-ce"}
@@ -110,7 +116,7 @@ def test_compare_has_no_mean_over_runs_of_different_budgets(tmp_path):
         runs.append(str(tmp_path / name))
     assert main(["reproduce", "--compare", *runs, "--out", str(tmp_path / "cmp")]) == 0
     table = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "| model | seed 2 | seed 2, control-first-steps 200 |" in table
+    assert "| model | seed 2, plain recipe | seed 2, plain recipe, control-first-steps 200 |" in table
     assert "| sft-ce | 10.0 | 10.0 |" in table and " mean |" not in table
     assert "budgets differ, so there is no mean column" in table
 
@@ -124,7 +130,7 @@ def test_compare_names_a_run_that_has_not_finished(tmp_path):
 def test_control_first_curriculum_trains_the_control_clips_alone_then_each_loss_from_there(tmp_path):
     from streampro import reproduce as R
 
-    budget = replace(R.QUICK, control_first_steps=2, control_first_loss="cb_stream", sft_steps=1)
+    budget = replace(R.QUICK, caption_steps=0, control_first_steps=2, control_first_loss="cb_stream", sft_steps=1)
     run = R.Run(tmp_path, budget, seed=0, quick=True)
     R.build_data(run)
     R.build_init(run)
@@ -137,8 +143,7 @@ def test_control_first_curriculum_trains_the_control_clips_alone_then_each_loss_
     R.train_sft(run, "ce")
     assert (run.model_dir("sft-ce") / "start.txt").read_text().strip() == "control-first"
     assert (run.model_dir("control-first") / "start.txt").read_text().strip() == "init"
-    assert R._run_label(json.loads((tmp_path / "settings.json").read_text())) == (
-        "seed 0, sft-steps 1, control-first-steps 2, control-first-loss cb_stream")
+    assert R._run_label(json.loads((tmp_path / "settings.json").read_text())) == "seed 0, sft-steps 1, caption-steps 0"
 
 
 @pytest.mark.slow
@@ -150,7 +155,8 @@ def test_caption_stage_centred_features_and_short_prompt(tmp_path):
     from streampro import reproduce as R
     from streampro.loading import load_model_and_processor
 
-    budget = replace(R.QUICK, caption_steps=2, sft_steps=1, centre_image_features=True, short_system_prompt=True)
+    budget = replace(R.QUICK, sft_steps=1, control_first_steps=0)  # the default recipe, no curriculum
+    assert budget.caption_steps and budget.centre_image_features and budget.short_system_prompt
     run = R.Run(tmp_path, budget, seed=0, quick=True)
     R.build_data(run)
     R.build_init(run)
@@ -177,25 +183,50 @@ def test_caption_stage_centred_features_and_short_prompt(tmp_path):
     report = R.evaluate(run, "captions", "caption_validation", max_new_tokens=R.CAPTION_MAX_NEW_TOKENS)
     assert json.loads((report / "report.json").read_text())["results"]["OU_f1"] is not None
     assert R._run_label(json.loads((tmp_path / "settings.json").read_text())) == (
-        "seed 0, sft-steps 1, caption-steps 2, centre-image-features True, short-system-prompt True")
+        "seed 0, sft-steps 1, control-first-steps 0")
 
 
 def test_a_run_from_before_a_budget_field_resumes_as_it_ran(tmp_path):
     from streampro import reproduce as R
 
-    R.Run(tmp_path, R.QUICK, seed=0, quick=True)
+    plain = replace(R.QUICK, **R.PLAIN_RECIPE)
+    R.Run(tmp_path, plain, seed=0, quick=True)
     settings = json.loads((tmp_path / "settings.json").read_text())
     for field in R.ADDED_FIELDS:
         del settings["budget"][field]  # written by an older version
     (tmp_path / "settings.json").write_text(json.dumps(settings))
-    R.Run(tmp_path, R.QUICK, seed=0, quick=True)  # accepted: runs before the field had no curriculum
+    R.Run(tmp_path, plain, seed=0, quick=True)  # accepted: runs before the fields had none of their stages
+    assert R._run_label(settings) == "seed 0, plain recipe"
     with pytest.raises(ValueError, match="other settings"):
-        R.Run(tmp_path, replace(R.QUICK, control_first_steps=5), seed=0, quick=True)
+        R.Run(tmp_path, R.QUICK, seed=0, quick=True)  # today's default recipe is another run
+
+
+def test_plain_and_the_recipe_options_set_the_budget(tmp_path, monkeypatch):
+    """--plain is the first runs' recipe; the options apply on top of it, --no-... turns one off."""
+    from streampro import reproduce as R
+
+    budgets = []
+
+    def stop(out, budget, *args, **kwargs):
+        budgets.append(budget)
+        raise SystemExit("stopped")
+
+    monkeypatch.setattr(R, "Run", stop)
+    for argv in (["--plain"], ["--plain", "--control-first-steps", "200", "--control-first-loss", "cb_stream"],
+                 ["--no-short-system-prompt", "--caption-steps", "0"]):
+        with pytest.raises(SystemExit, match="stopped"):
+            main(["reproduce", "--out", str(tmp_path / "run"), *argv])
+    assert budgets[0] == replace(R.FULL, **R.PLAIN_RECIPE)
+    assert budgets[1] == replace(R.FULL, **{**R.PLAIN_RECIPE, "control_first_steps": 200, "control_first_loss": "cb_stream"})
+    assert budgets[2] == replace(R.FULL, short_system_prompt=False, caption_steps=0)
+    assert R._run_label({"seed": 1, "budget": asdict(budgets[1])}) == (
+        "seed 1, plain recipe, control-first-steps 200, control-first-loss cb_stream")
+    assert R._run_label({"seed": 1, "budget": asdict(budgets[2])}) == "seed 1, caption-steps 0, short-system-prompt False"
 
 
 def test_a_curriculum_loss_without_curriculum_steps_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="add --control-first-steps"):
-        main(["reproduce", "--out", str(tmp_path / "run"), "--quick", "--control-first-loss", "focal"])
+        main(["reproduce", "--out", str(tmp_path / "run"), "--quick", "--plain", "--control-first-loss", "focal"])
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 

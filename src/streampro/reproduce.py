@@ -1,25 +1,30 @@
 """``streampro reproduce``: the paper's training story on StreamPro-Synth, end to end, on a CPU.
 
-    streampro reproduce --out runs/reproduce                 # the full run (docs/reproduce.md)
+    streampro reproduce --out runs/reproduce --jobs 3        # the full run (docs/reproduce.md)
+    streampro reproduce --out runs/reproduce-plain --plain   # the paper's stages alone (the first runs)
     streampro reproduce --out runs/reproduce-quick --quick   # a minutes-long smoke run (CI)
     streampro reproduce --out runs/reproduce --install-assets   # also ship the chosen model + demo clips
 
 Stages, each skipped when its output already exists (kill it at any time and run the same command
 again; a half-trained SFT/GRPO stage resumes from its last Trainer checkpoint):
 
-1. ``data``   — StreamPro-Synth (``streampro data synth``) at ``--size`` px.
+1. ``data``   — StreamPro-Synth (``streampro data synth``) at ``--size`` px, its control task and
+   scene captions.
 2. ``init``   — one tiny, randomly initialised Qwen2.5-VL StreamPro model (real architecture,
-   tiny config), shared by every loss so that only the loss differs.
-3. ``sft-ce``, ``sft-focal``, ``sft-cb_stream`` — SFT with the same data order, steps, batch,
+   tiny config), shared by every loss so that only the loss differs; its image features centred.
+3. ``captions``, ``control-first`` — teach the language model to read the frames (CE on scene
+   captions), then a CB-Stream warm-up on the control task alone; every loss starts from there.
+   ``--plain`` skips both (and the init changes): the recipe of the first runs.
+4. ``sft-ce``, ``sft-focal``, ``sft-cb_stream`` — SFT with the same data order, steps, batch,
    learning rate and seed (``streampro train sft`` code path, ``trainer/sft.py``).
-4. ``grpo``   — GRPO from the ``cb_stream`` checkpoint (``trainer/grpo.py``), offline rewards (the
+5. ``grpo``   — GRPO from the ``cb_stream`` checkpoint (``trainer/grpo.py``), offline rewards (the
    paper's recipe); ``grpo-best`` — the same GRPO from the SFT model with the best VALIDATION W-Avg
    (which may be another loss: GRPO needs a policy that already looks at the frames).
-5. ``eval``   — ``streampro evaluate`` (exact judge) of every model on the test split, on the test
+6. ``eval``   — ``streampro evaluate`` (exact judge) of every model on the test split, on the test
    split with frames shuffled in time (``--shuffle-frames``), and on the validation split.
-6. ``baseline`` — per task, answer once at the best constant time with the most common answer,
+7. ``baseline`` — per task, answer once at the best constant time with the most common answer,
    both chosen on the VALIDATION split, scored on test by the same metric.
-7. ``report`` — ``results.md`` / ``results.json`` (paper layout + controls + "works" marks) and
+8. ``report`` — ``results.md`` / ``results.json`` (paper layout + controls + "works" marks) and
    plots; the final model is chosen by VALIDATION W-Avg F1 (never by test).
 
 Nothing here selects a setting on the test split. The CPU speed-ups of
@@ -73,23 +78,25 @@ class Budget:
     sft_batch: int = 4
     sft_lr: float = 1e-3
     sft_warmup: int = 20
-    # > 0: before the three losses, train this many steps on the control task's clips alone (from the init,
-    # with ``control_first_loss``), and start every loss from that model (the "control first" curriculum;
-    # docs/reproduce.md).
-    control_first_steps: int = 0
-    control_first_loss: str = "ce"
+    # The default recipe teaches the tiny language model to read the frames before the streaming tasks
+    # (docs/reproduce.md, "Reading the frames"); ``--plain`` (PLAIN_RECIPE) turns all of it off.
     # > 0: first of all, train this many steps of CE on scene captions (``caption_clips`` still frames of
     # 1-3 shapes and their description, 80/10/10) from the init, the tower fixed as below: the job of a
-    # VLM's image-caption stage, teaching the language model to read the frames (docs/reproduce.md).
-    caption_steps: int = 0
+    # VLM's image-caption stage.
+    caption_steps: int = 1500
     caption_clips: int = 2000
     caption_batch: int = 16
+    # > 0: then train this many steps on the control task's clips alone (with ``control_first_loss``), and
+    # start every loss from that model (the "control first" curriculum with a CB-Stream warm-up).
+    control_first_steps: int = 200
+    control_first_loss: str = "cb_stream"
     # Shift and scale the projector's output layer at init so that the image features of the training
     # frames have mean 0 and a mean norm of 1 (a data-dependent init; the architecture is unchanged):
     # the random tower's features share one large common direction.
-    centre_image_features: bool = False
-    # The tiny model's system prompt: SHORT_SYSTEM_PROMPT instead of the 200-token default.
-    short_system_prompt: bool = False
+    centre_image_features: bool = True
+    # The tiny model's system prompt: SHORT_SYSTEM_PROMPT instead of the 200-token default, which
+    # dilutes a 3-layer model's attention.
+    short_system_prompt: bool = True
     # The randomly initialised vision tower, projector included, stays fixed in SFT and GRPO (a random-
     # feature encoder): trained at lr 1e-3 its features collapsed to one direction and the models
     # ignored the frames (docs/reproduce.md, "What changed").
@@ -112,12 +119,15 @@ FULL = Budget()
 # a few steps.
 QUICK = replace(FULL, n_clips=21, control_clips=3, text_hidden=64, text_layers=2, text_intermediate=128, vision_hidden=32,
                 vision_heads=2, vision_intermediate=64, sft_steps=3, sft_batch=2, sft_warmup=0, grpo_steps=1,
-                grpo_generations=2, grpo_batch=2, grpo_max_new_tokens=4, eval_max_new_tokens=2, caption_clips=3,
-                caption_batch=2)
+                grpo_generations=2, grpo_batch=2, grpo_max_new_tokens=4, eval_max_new_tokens=2, caption_steps=2,
+                caption_clips=3, caption_batch=2, control_first_steps=2)
+# The recipe of the first runs (the paper's stages alone), before the default learned to read the frames.
+PLAIN_RECIPE = {"caption_steps": 0, "control_first_steps": 0, "control_first_loss": "ce",
+                "centre_image_features": False, "short_system_prompt": False}
 
 
-# Budget fields added after the first runs. Each one's default is what runs from before it did (its
-# stage off), so a settings.json that lacks it is filled in with the default.
+# Budget fields added after the first runs: a settings.json that lacks one is filled in with what runs
+# from before it did (its stage off: PLAIN_RECIPE; the caption clips and batch, unused then, as the default).
 ADDED_FIELDS = ("control_first_steps", "control_first_loss", "caption_steps", "caption_clips", "caption_batch",
                 "centre_image_features", "short_system_prompt")
 SHORT_SYSTEM_PROMPT = ("You are StreamPro. After each frame answer </Silence>, or </Response> and the answer as soon "
@@ -126,7 +136,7 @@ SHORT_SYSTEM_PROMPT = ("You are StreamPro. After each frame answer </Silence>, o
 
 def stored_budget(settings: dict) -> dict:
     """A run's budget as recorded in its ``settings.json``, fields added since then filled in."""
-    default = asdict(QUICK if settings.get("quick") else FULL)
+    default = {**asdict(QUICK if settings.get("quick") else FULL), **PLAIN_RECIPE}
     return {**{k: default[k] for k in ADDED_FIELDS}, **settings.get("budget", {})}
 
 
@@ -627,10 +637,13 @@ def format_results(summary: dict) -> str:
 
 
 def _run_label(settings: dict) -> str:
-    """``seed S``, plus what differs from the default budget (e.g. ``control-first-steps 200``)."""
+    """``seed S``, plus what differs from the default budget (e.g. ``sft-steps 500``), or from the plain
+    recipe when that is shorter (``plain recipe, control-first-steps 200``)."""
     default, stored = asdict(QUICK if settings.get("quick") else FULL), stored_budget(settings)
-    changed = [f"{k.replace('_', '-')} {stored[k]}" for k, v in default.items() if stored.get(k, v) != v]
-    return ", ".join([f"seed {settings['seed']}", *changed])
+    bases = {"": default, "plain recipe": {**default, **PLAIN_RECIPE}}
+    name, base = min(bases.items(), key=lambda kv: sum(stored.get(k, v) != v for k, v in kv[1].items()))
+    changed = [f"{k.replace('_', '-')} {stored[k]}" for k, v in base.items() if stored.get(k, v) != v]
+    return ", ".join([f"seed {settings['seed']}", *([name] if name else []), *changed])
 
 
 def compare_runs(run_dirs: list[Path]) -> str:
@@ -830,19 +843,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-grpo", action="store_true", help="Stop after SFT (the table then has no GRPO row).")
     parser.add_argument("--sft-steps", type=int, help="Override the SFT steps of the budget (same for every loss).")
     parser.add_argument("--grpo-steps", type=int, help="Override the GRPO steps of the budget.")
-    parser.add_argument("--control-first-steps", type=int,
-                        help="Curriculum: first train this many steps on the control task alone (shared by the "
-                             "three losses), then each loss from there (default: the budget's, 0 = off).")
-    parser.add_argument("--control-first-loss", choices=LOSSES,
-                        help="The loss of the control-first stage (default: the budget's, ce).")
+    parser.add_argument("--plain", action="store_true",
+                        help="The plain recipe of the first runs: no caption stage, no control-first curriculum, "
+                             "the tower's features as they are and the 200-token system prompt; the options "
+                             "below apply on top of it (docs/reproduce.md, 'Earlier recipes').")
     parser.add_argument("--caption-steps", type=int,
                         help="Pretraining: first train this many steps on scene captions (the tower fixed, as "
                              "in every stage), then the rest from there (default: the budget's, 0 = off).")
-    parser.add_argument("--centre-image-features", action="store_true",
+    parser.add_argument("--control-first-steps", type=int,
+                        help="Curriculum: then train this many steps on the control task alone (shared by the "
+                             "three losses), and each loss from there (default: the budget's, 0 = off).")
+    parser.add_argument("--control-first-loss", choices=LOSSES,
+                        help="The loss of the control-first stage (default: the budget's, cb_stream).")
+    parser.add_argument("--centre-image-features", action=argparse.BooleanOptionalAction,
                         help="Init: shift and scale the projector's output layer so the training frames' image "
-                             "features have mean 0 and norm 1 (docs/reproduce.md, 'Reading the frames').")
-    parser.add_argument("--short-system-prompt", action="store_true",
-                        help="Give the tiny model a one-sentence system prompt instead of the 200-token default.")
+                             "features have mean 0 and norm 1 (default: on; docs/reproduce.md, 'Reading the "
+                             "frames').")
+    parser.add_argument("--short-system-prompt", action=argparse.BooleanOptionalAction,
+                        help="Give the tiny model a one-sentence system prompt instead of the 200-token default "
+                             "(default: on).")
     parser.add_argument("--jobs", "--sft-jobs", type=int, default=1, dest="jobs",
                         help="Run independent stages (the three SFT losses, the two GRPO runs, the evaluations) in "
                              "this many parallel processes, one torch thread each. On 2 cores, 3 is fastest.")
@@ -864,6 +883,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None:
         raise SystemExit("streampro reproduce: --out DIR is required (or --compare RUN ... to tabulate runs)")
     budget = QUICK if args.quick else FULL
+    if args.plain:
+        budget = replace(budget, **PLAIN_RECIPE)
     if args.sft_steps is not None:
         budget = replace(budget, sft_steps=args.sft_steps)
     if args.grpo_steps is not None:
@@ -881,10 +902,10 @@ def run(args: argparse.Namespace) -> int:
         if args.caption_steps < 0:
             raise SystemExit("streampro reproduce: --caption-steps must be >= 0")
         budget = replace(budget, caption_steps=args.caption_steps)
-    if args.centre_image_features:
-        budget = replace(budget, centre_image_features=True)
-    if args.short_system_prompt:
-        budget = replace(budget, short_system_prompt=True)
+    if args.centre_image_features is not None:
+        budget = replace(budget, centre_image_features=args.centre_image_features)
+    if args.short_system_prompt is not None:
+        budget = replace(budget, short_system_prompt=args.short_system_prompt)
     models = tuple(m for m in MODELS if not (args.skip_grpo and m in GRPO_MODELS))
     start = time.monotonic()
     r = Run(args.out, budget, args.seed, args.quick, models)
