@@ -463,6 +463,22 @@ def make_caption(canvas: Canvas, rng: np.random.Generator) -> Clip:
                 {"caption": True, "shapes": len(actors)})
 
 
+# Motion captions: 1-3 shapes, one of which makes one step (a one-cell move, growing or shrinking),
+# named as it ends in the words of EU and TP (`the red square moved right`). Like the scene captions
+# they are pretraining only: references with task "EU", ids ``synth-MCAP-*``, never in the seven
+# tasks' files. They teach the action words the still captions cannot.
+MOTION_CAPTION_TASK = "MCAP"
+MOTION_CAPTION_QUESTION = "Tell me what the shapes do."
+
+
+def make_motion_caption(canvas: Canvas, rng: np.random.Generator) -> Clip:
+    """MCAP (pretraining): 1-3 shapes, one step by one of them from 1 s, named at the step's end."""
+    actors = _new_actors(rng, _randint(rng, 1, 3))
+    (event,) = _play(canvas, rng, actors, 1, (1, 1))
+    return Clip("EU", int(event["end"]) + 1, MOTION_CAPTION_QUESTION, 0.0, [event], _actor_render(canvas, actors),
+                {"motion_caption": True, "shapes": len(actors)})
+
+
 GENERATORS: dict[str, Callable[[Canvas, np.random.Generator], Clip]] = {
     "EU": make_eu, "OU": make_ou, "AA": make_aa, "TP": make_tp, "TG": make_tg, "GP": make_gp, "RF": make_rf,
 }
@@ -470,11 +486,14 @@ assert tuple(GENERATORS) == TASKS
 
 
 def make_clip(task: str, index: int, seed: int, size: int = 112) -> Clip:
-    """Clip ``index`` of ``task`` (one of TASKS, CONTROL_TASK or CAPTION_TASK): depends only on (seed, task, index, size)."""
+    """Clip ``index`` of ``task`` (one of TASKS, CONTROL_TASK, CAPTION_TASK or MOTION_CAPTION_TASK): depends
+    only on (seed, task, index, size)."""
     if task == CONTROL_TASK:
         return make_cc(Canvas(size), np.random.default_rng([seed, len(TASKS), index]))
     if task == CAPTION_TASK:
         return make_caption(Canvas(size), np.random.default_rng([seed, len(TASKS) + 1, index]))
+    if task == MOTION_CAPTION_TASK:
+        return make_motion_caption(Canvas(size), np.random.default_rng([seed, len(TASKS) + 2, index]))
     rng = np.random.default_rng([seed, TASKS.index(task), index])
     return GENERATORS[task](Canvas(size), rng)
 
@@ -501,7 +520,7 @@ def per_task_counts(n: int) -> dict[str, int]:
 
 
 def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int = 112,
-             progress: bool = True, control: int = 0, captions: int = 0) -> dict:
+             progress: bool = True, control: int = 0, captions: int = 0, motion_captions: int = 0) -> dict:
     """Write StreamPro-Synth to ``out_dir``; return the statistics that the card reports.
 
     ``control`` > 0 adds that many clips of the easy control task (``CONTROL_TASK``, split 80/10/10
@@ -509,7 +528,8 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
     ``raw|bench/control_{split}.jsonl`` so they can be scored on their own. The seven tasks' raw,
     RL and bench files never contain them. ``captions`` > 0 adds that many scene-caption clips
     (``CAPTION_TASK``, 80/10/10), written only to ``raw|sft|bench/caption_{split}.jsonl`` for a
-    pretraining stage.
+    pretraining stage; ``motion_captions`` > 0 likewise adds motion captions (``MOTION_CAPTION_TASK``) to
+    ``raw|sft|bench/motion_caption_{split}.jsonl``.
     """
     from tqdm import tqdm
 
@@ -521,6 +541,8 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
         raise ValueError(f"--control must be >= 0, got {control}")
     if captions < 0:
         raise ValueError(f"--captions must be >= 0, got {captions}")
+    if motion_captions < 0:
+        raise ValueError(f"--motion-captions must be >= 0, got {motion_captions}")
     if not (16 <= size <= 112) or size % 2:
         raise ValueError(f"--size must be an even number of pixels in [16, 112], got {size}")
     out = Path(out_dir)
@@ -531,6 +553,8 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
         counts_by_task[CONTROL_TASK] = control
     if captions:
         counts_by_task[CAPTION_TASK] = captions
+    if motion_captions:
+        counts_by_task[MOTION_CAPTION_TASK] = motion_captions
     for task, m in counts_by_task.items():
         counts, i = split_counts(m), 0
         for split in SPLITS:
@@ -538,7 +562,8 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
                 plan.append((split, task, i))
                 i += 1
     raw: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    extra: dict[str, dict[str, list[dict]]] = {t: {s: [] for s in SPLITS} for t in (CONTROL_TASK, CAPTION_TASK)}
+    pretraining = {CAPTION_TASK: ("caption", captions), MOTION_CAPTION_TASK: ("motion_caption", motion_captions)}
+    extra: dict[str, dict[str, list[dict]]] = {t: {s: [] for s in SPLITS} for t in (CONTROL_TASK, *pretraining)}
     for split, task, i in tqdm(plan, desc="synth", unit="clip", disable=not progress):
         clip = make_clip(task, i, seed, size)
         sample_id = f"synth-{task}-{i:05d}"
@@ -551,9 +576,9 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
             "meta": {"seed": seed, "index": i, "split": split, **clip.meta},
         }
         (extra[task] if task in extra else raw)[split].append(validate_raw(sample, where=sample_id))
-    raw_control, raw_caption = extra[CONTROL_TASK], extra[CAPTION_TASK]
-    stats: dict = {"seed": seed, "n": n, "size": size, "control": control, "captions": captions, "splits": {},
-                   "tasks": {}}
+    raw_control = extra[CONTROL_TASK]
+    stats: dict = {"seed": seed, "n": n, "size": size, "control": control, "captions": captions,
+                   "motion_captions": motion_captions, "splits": {}, "tasks": {}}
     for split in SPLITS:
         write_jsonl(out / "raw" / f"{split}.jsonl", raw[split])
         sft_stats: Counter = Counter()
@@ -568,11 +593,13 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
             write_jsonl(out / "raw" / f"control_{split}.jsonl", raw_control[split])
             write_jsonl(out / "bench" / f"control_{split}.jsonl", [to_reference(s) for s in raw_control[split]])
             stats["splits"][split]["control_clips"] = len(raw_control[split])
-        if captions:
-            write_jsonl(out / "raw" / f"caption_{split}.jsonl", raw_caption[split])
-            write_jsonl(out / "sft" / f"caption_{split}.jsonl", build_records("sft", raw_caption[split], 1.0))
-            write_jsonl(out / "bench" / f"caption_{split}.jsonl", [to_reference(s) for s in raw_caption[split]])
-            stats["splits"][split]["caption_clips"] = len(raw_caption[split])
+        for task, (name, count) in pretraining.items():
+            if count:
+                clips = extra[task][split]
+                write_jsonl(out / "raw" / f"{name}_{split}.jsonl", clips)
+                write_jsonl(out / "sft" / f"{name}_{split}.jsonl", build_records("sft", clips, 1.0))
+                write_jsonl(out / "bench" / f"{name}_{split}.jsonl", [to_reference(s) for s in clips])
+                stats["splits"][split][f"{name}_clips"] = len(clips)
     for task in TASKS:
         task_stats: Counter = Counter()
         build_records("sft", [s for split in SPLITS for s in raw[split] if s["task"] == task], 1.0, task_stats)
@@ -626,10 +653,18 @@ asked "{CAPTION_QUESTION}" and answered on the first turn with their description
 (`a big red triangle top left, a small blue circle middle centre`). They are only in
 `raw|sft|bench/caption_{{split}}.jsonl` (ids `synth-CAP-*`, references with task `OU`).
 """
+    if stats.get("motion_captions"):
+        control += f"""
+## Motion captions (pretraining only)
+`--motion-captions {stats['motion_captions']}` added clips of 1–3 shapes, one of which makes one step
+from 1 s (a one-cell move, growing or shrinking), asked "{MOTION_CAPTION_QUESTION}" and answered at
+the step's end in EU's words (`the red square moved right`). They are only in
+`raw|sft|bench/motion_caption_{{split}}.jsonl` (ids `synth-MCAP-*`, references with task `EU`).
+"""
     tasks = "\n".join(f"- **{t}**: {d}." for t, d in _TASK_DOC.items())
     body = f"""\
 Procedural streaming videos with exact ground truth for the seven StreamPro tasks, generated by
-`streampro data synth --n {stats['n']} --seed {stats['seed']} --size {stats['size']}{f" --control {stats['control']}" if stats.get('control') else ""}{f" --captions {stats['captions']}" if stats.get('captions') else ""}`. Same seed, same files.
+`streampro data synth --n {stats['n']} --seed {stats['seed']} --size {stats['size']}{f" --control {stats['control']}" if stats.get('control') else ""}{f" --captions {stats['captions']}" if stats.get('captions') else ""}{f" --motion-captions {stats['motion_captions']}" if stats.get('motion_captions') else ""}`. Same seed, same files.
 
 Clips are {MIN_DURATION}–{MAX_DURATION} s, {stats['size']}×{stats['size']} px, H.264 at {ENCODE_FPS} fps
 (frame j shows time j/{ENCODE_FPS} s), a few large saturated shapes on a dark background. Answers are
@@ -674,12 +709,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--captions", type=int, default=0,
                         help="Also add this many scene-caption clips (a still frame and its description) for "
                              "caption pretraining; written only to raw|sft|bench/caption_*.jsonl.")
+    parser.add_argument("--motion-captions", type=int, default=0,
+                        help="Also add this many motion-caption clips (one shape makes one step, named at its "
+                             "end) for caption pretraining; written only to raw|sft|bench/motion_caption_*.jsonl.")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
 
 
 def run(args) -> int:
     stats = generate(args.out, n=args.n, seed=args.seed, size=args.size, progress=not args.no_progress,
-                     control=args.control, captions=args.captions)
+                     control=args.control, captions=args.captions, motion_captions=args.motion_captions)
     print(f"StreamPro-Synth -> {args.out}")
     for split, st in stats["splits"].items():
         print(f"  {split}: {st['clips']} clips, {st.get('response_turns', 0)} response turns, "

@@ -259,3 +259,50 @@ def test_caption_clips_describe_their_frame_and_stay_out_of_the_task_files(tmp_p
         assert (plain / kind / "train.jsonl").read_bytes() == (out / kind / "train.jsonl").read_bytes()
     with pytest.raises(ValueError, match="--captions"):
         generate(tmp_path / "bad", n=7, captions=-1)
+
+
+def test_motion_captions_name_the_step_at_its_end_and_stay_out_of_the_task_files(tmp_path):
+    """--motion-captions: one shape makes one step; its EU-style name is the answer at the step's end."""
+    from streampro.dataset_scripts.synth import MOTION_CAPTION_QUESTION, MOVES, Canvas, _grid_xy
+
+    out = tmp_path / "with_motion"
+    stats = generate(out, n=21, seed=1, size=56, progress=False, motion_captions=20)
+    assert stats["splits"]["train"]["motion_caption_clips"] == 16
+    assert "## Motion captions" in (out / "README.md").read_text()
+    for split in ("train", "validation", "test"):
+        refs = [json.loads(x) for x in (out / "bench" / f"motion_caption_{split}.jsonl").read_text().splitlines()]
+        assert refs and all(r["id"].startswith("synth-MCAP-") and r["task"] == "EU" for r in refs)
+        for kind in ("raw", "sft", "rl", "bench"):
+            assert "synth-MCAP-" not in (out / kind / f"{split}.jsonl").read_text(), (kind, split)
+    raw = {r["id"]: r for r in map(json.loads, (out / "raw" / "motion_caption_train.jsonl").read_text().splitlines())}
+    records = [json.loads(x) for x in (out / "sft" / "motion_caption_train.jsonl").read_text().splitlines()]
+    canvas, moves = Canvas(56), 0
+    for record in records:
+        (answer,) = raw[record["id"]]["answers"]
+        assert record["questions"][0]["text"] == MOTION_CAPTION_QUESTION and answer["start"] == 1.0
+        (response,) = record["responses"]
+        assert response["turn"] == turn_index_for_time(answer["end"]) and response["text"] == answer["text"]
+        _, color, shape, *action = answer["text"].split()
+        assert shape in ("square", "circle", "triangle")
+        frames = load_record_frames(record, out)
+        # turn k shows time k + 1 s: turn 0 is the step's start, the answer's turn its end, then one quiet turn
+        assert len(frames) == response["turn"] + 2
+        before, after = (np.all(np.abs(np.asarray(frames[i], int) - COLORS[color]) < 40, axis=-1)
+                         for i in (0, response["turn"]))
+        if action[0] == "moved":
+            moves += 1
+            ys, xs = np.nonzero(before)
+            cells = [_grid_xy(canvas, g, g)[0] for g in range(3)]  # the grid's centres, x and y alike
+            gx, gy = (int(np.argmin([abs(c - v) for c in cells])) for v in (xs.mean(), ys.mean()))
+            dx, dy = MOVES[action[1]]
+            assert _close(_pixel(frames[response["turn"]], *_grid_xy(canvas, gx + dx, gy + dy)), COLORS[color]), record["id"]
+        else:
+            assert action in (["grew"], ["shrank"])
+            assert (after.sum() > before.sum()) == (action == ["grew"]), (record["id"], before.sum(), after.sum())
+    assert moves  # both kinds of step occur
+    plain = tmp_path / "plain"
+    generate(plain, n=21, seed=1, size=56, progress=False)
+    for kind in ("raw", "sft", "bench", "rl"):
+        assert (plain / kind / "train.jsonl").read_bytes() == (out / kind / "train.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="--motion-captions"):
+        generate(tmp_path / "bad", n=7, motion_captions=-1)

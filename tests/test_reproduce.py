@@ -155,7 +155,8 @@ def test_caption_stage_centred_features_and_short_prompt(tmp_path):
     from streampro import reproduce as R
     from streampro.loading import load_model_and_processor
 
-    budget = replace(R.QUICK, sft_steps=1, control_first_steps=0)  # the default recipe, no curriculum
+    # The default recipe without the curriculum, with motion captions.
+    budget = replace(R.QUICK, sft_steps=1, control_first_steps=0, motion_caption_clips=3)
     assert budget.caption_steps and budget.centre_image_features and budget.short_system_prompt
     run = R.Run(tmp_path, budget, seed=0, quick=True)
     R.build_data(run)
@@ -170,8 +171,8 @@ def test_caption_stage_centred_features_and_short_prompt(tmp_path):
     assert (features - features.mean(0)).norm(dim=-1).mean() == pytest.approx(1.0, abs=1e-4)
 
     R.train_captions(run)
-    ids = [json.loads(line)["id"] for line in (run.data / "sft" / "caption_train.jsonl").read_text().splitlines()]
-    assert ids and all(i.startswith("synth-CAP-") for i in ids)
+    ids = [json.loads(line)["id"] for line in (run.data / "sft" / "caption_stage_train.jsonl").read_text().splitlines()]
+    assert {i.split("-")[1] for i in ids} == {"CAP", "MCAP"}  # still scenes and motion captions, nothing else
     R.train_sft(run, "ce")
     assert (run.model_dir("sft-ce") / "start.txt").read_text().strip() == "captions"
     weights = {name: load_file(run.model_dir(name) / "model.safetensors") for name in ("init", "captions", "sft-ce")}
@@ -180,10 +181,12 @@ def test_caption_stage_centred_features_and_short_prompt(tmp_path):
     for key in tower:  # the tower stays as initialised in every stage
         assert weights["init"][key].equal(weights["captions"][key]) and weights["init"][key].equal(weights["sft-ce"][key])
     assert any(not v.equal(weights["captions"][k]) for k, v in weights["init"].items() if not k.startswith("visual."))
-    report = R.evaluate(run, "captions", "caption_validation", max_new_tokens=R.CAPTION_MAX_NEW_TOKENS)
-    assert json.loads((report / "report.json").read_text())["results"]["OU_f1"] is not None
+    assert R.caption_splits(run) == ["caption_validation", "motion_caption_validation"]
+    for split, task in zip(R.caption_splits(run), ("OU", "EU")):
+        report = R.evaluate(run, "captions", split, max_new_tokens=R.CAPTION_MAX_NEW_TOKENS)
+        assert json.loads((report / "report.json").read_text())["results"][f"{task}_f1"] is not None
     assert R._run_label(json.loads((tmp_path / "settings.json").read_text())) == (
-        "seed 0, sft-steps 1, control-first-steps 0")
+        "seed 0, sft-steps 1, motion-caption-clips 3, control-first-steps 0")
 
 
 def test_a_run_from_before_a_budget_field_resumes_as_it_ran(tmp_path):
@@ -233,4 +236,6 @@ def test_a_curriculum_loss_without_curriculum_steps_is_refused(tmp_path):
 def test_negative_caption_steps_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="--caption-steps must be >= 0"):
         main(["reproduce", "--out", str(tmp_path / "run"), "--quick", "--caption-steps", "-1"])
+    with pytest.raises(SystemExit, match="--motion-captions must be >= 0 and needs the caption stage"):
+        main(["reproduce", "--out", str(tmp_path / "run"), "--quick", "--caption-steps", "0", "--motion-captions", "9"])
     assert not (tmp_path / "run").exists()

@@ -86,6 +86,9 @@ class Budget:
     caption_steps: int = 1500
     caption_clips: int = 2000
     caption_batch: int = 16
+    # > 0: the caption stage also trains on this many motion captions (one shape makes one step, named at
+    # its end in EU's words), which teach the action words EU and TP need; 0 = still scenes only.
+    motion_caption_clips: int = 0
     # > 0: then train this many steps on the control task's clips alone (with ``control_first_loss``), and
     # start every loss from that model (the "control first" curriculum with a CB-Stream warm-up).
     control_first_steps: int = 200
@@ -129,7 +132,7 @@ PLAIN_RECIPE = {"caption_steps": 0, "control_first_steps": 0, "control_first_los
 # Budget fields added after the first runs: a settings.json that lacks one is filled in with what runs
 # from before it did (its stage off: PLAIN_RECIPE; the caption clips and batch, unused then, as the default).
 ADDED_FIELDS = ("control_first_steps", "control_first_loss", "caption_steps", "caption_clips", "caption_batch",
-                "centre_image_features", "short_system_prompt")
+                "centre_image_features", "short_system_prompt", "motion_caption_clips")
 SHORT_SYSTEM_PROMPT = ("You are StreamPro. After each frame answer </Silence>, or </Response> and the answer as soon "
                        "as it is known.")
 
@@ -221,9 +224,10 @@ def build_data(run: Run) -> None:
 
     with run.stage("data", (run.data / "README.md").is_file()) as todo:
         if todo:
-            generate(run.data, n=run.budget.n_clips, seed=run.seed, size=run.budget.size, progress=True,
-                     control=run.budget.control_clips,
-                     captions=run.budget.caption_clips if run.budget.caption_steps else 0)
+            b = run.budget
+            generate(run.data, n=b.n_clips, seed=run.seed, size=b.size, progress=True, control=b.control_clips,
+                     captions=b.caption_clips if b.caption_steps else 0,
+                     motion_captions=b.motion_caption_clips if b.caption_steps else 0)
 
 
 def build_init(run: Run) -> None:
@@ -345,12 +349,24 @@ def train_captions(run: Run) -> None:
     The tower stays fixed here too: trained on captions from random initialisation it collapsed like
     on the streaming tasks (docs/reproduce.md, "Reading the frames").
     """
-    train_file = run.data / "sft" / "caption_train.jsonl"
-    if not train_file.is_file():
-        raise FileNotFoundError(f"{train_file} not found: the caption stage needs the data stage's caption clips; "
-                                "start a new --out (runs from before --caption-steps have none)")
+    from streampro.dataset_scripts.builders import write_jsonl
+
     b = run.budget
+    parts = [run.data / "sft" / f"{name}_train.jsonl" for name in CAPTION_KINDS[:2 if b.motion_caption_clips else 1]]
+    for part in parts:
+        if not part.is_file():
+            raise FileNotFoundError(f"{part} not found: the caption stage needs the data stage's caption clips; "
+                                    "start a new --out (runs from before these options have none)")
+    train_file = parts[0]
+    if len(parts) > 1:  # still scenes and motion captions, in one file (the trainer shuffles them)
+        train_file = run.data / "sft" / "caption_stage_train.jsonl"
+        write_jsonl(train_file, [r for part in parts for r in _read_jsonl(part)])
     _sft(run, "captions", "init", train_file, "ce", b.caption_steps, batch=b.caption_batch)
+
+
+def caption_splits(run: Run) -> list[str]:
+    """The caption stage's validation benchmarks: the still scenes, and the motion captions when trained on."""
+    return [f"{name}_validation" for name in CAPTION_KINDS[:2 if run.budget.motion_caption_clips else 1]]
 
 
 def train_control_first(run: Run) -> None:
@@ -452,6 +468,8 @@ def train_grpo(run: Run, name: str = "grpo", start: str = "sft-cb_stream") -> No
             _train(build_trainer, (GRPOScriptArguments, StreamProGRPOConfig, ModelConfig), argv, work)
 
 
+# The caption stage's data: scene captions, then (with ``motion_caption_clips``) motion captions.
+CAPTION_KINDS = ("caption", "motion_caption")
 # A three-shape caption is ~37 tokens with the tiny tokenizer; the task answers are at most ~16.
 CAPTION_MAX_NEW_TOKENS = 48
 
@@ -566,11 +584,14 @@ def collect(run: Run, baseline: dict) -> dict:
             control[f"{model} (shuffled frames)"] = _results(run, model, "control_test-shuffled")["OU_f1"]
     starts = {m: _grpo_start(run, m) for m in run.models if m in GRPO_MODELS}
     captions = _results(run, "captions", "caption_validation")["OU_f1"] if run.budget.caption_steps else None
+    motion = (_results(run, "captions", "motion_caption_validation")["EU_f1"]
+              if run.budget.caption_steps and run.budget.motion_caption_clips else None)
     return {
         "rows": rows,
         "grpo_starts": starts,
         "control_f1": control,
         "caption_validation_f1": captions,
+        "motion_caption_validation_f1": motion,
         "models": list(run.models),
         "validation_w_avg_f1": {m: validation[m]["w_avg_f1"] for m in run.models},
         "final_model": final,
@@ -625,6 +646,9 @@ def format_results(summary: dict) -> str:
     if summary.get("caption_validation_f1") is not None:
         lines += ["", f"Caption stage: F1 {_fmt(summary['caption_validation_f1'])} on the validation captions (exact "
                   "match of the whole description; the later stages start from this model)."]
+    if summary.get("motion_caption_validation_f1") is not None:
+        lines += ["", f"Motion captions: F1 {_fmt(summary['motion_caption_validation_f1'])} on the validation motion "
+                  "captions (the step named right, at its end)."]
     lines += ["", "Fixed-time baseline (chosen on validation): "
               + "; ".join(f"{t} at {c['time']:g} s `{c['answer']}`" for t, c in summary["baseline_choice"].items()), "",
               *([("GRPO started from: " + ", ".join(f"{m} ← {src}" for m, src in summary["grpo_starts"].items())), ""]
@@ -850,6 +874,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--caption-steps", type=int,
                         help="Pretraining: first train this many steps on scene captions (the tower fixed, as "
                              "in every stage), then the rest from there (default: the budget's, 0 = off).")
+    parser.add_argument("--motion-captions", type=int, dest="motion_caption_clips",
+                        help="Also train the caption stage on this many motion captions (one shape makes one "
+                             "step, named at its end in EU's words; default 0 = still scenes only).")
     parser.add_argument("--control-first-steps", type=int,
                         help="Curriculum: then train this many steps on the control task alone (shared by the "
                              "three losses), and each loss from there (default: the budget's, 0 = off).")
@@ -902,6 +929,11 @@ def run(args: argparse.Namespace) -> int:
         if args.caption_steps < 0:
             raise SystemExit("streampro reproduce: --caption-steps must be >= 0")
         budget = replace(budget, caption_steps=args.caption_steps)
+    if args.motion_caption_clips is not None:
+        if args.motion_caption_clips < 0 or (args.motion_caption_clips and not budget.caption_steps):
+            raise SystemExit("streampro reproduce: --motion-captions must be >= 0 and needs the caption stage "
+                             "(--caption-steps N, N > 0)")
+        budget = replace(budget, motion_caption_clips=args.motion_caption_clips)
     if args.centre_image_features is not None:
         budget = replace(budget, centre_image_features=args.centre_image_features)
     if args.short_system_prompt is not None:
@@ -913,7 +945,8 @@ def run(args: argparse.Namespace) -> int:
     build_init(r)
     if r.budget.caption_steps:
         train_captions(r)
-        evaluate(r, "captions", "caption_validation", max_new_tokens=CAPTION_MAX_NEW_TOKENS)
+        for split in caption_splits(r):
+            evaluate(r, "captions", split, max_new_tokens=CAPTION_MAX_NEW_TOKENS)
     if r.budget.control_first_steps:
         train_control_first(r)
     run_stages(r, args.jobs, "sft", [(loss,) for loss in LOSSES])
