@@ -229,6 +229,13 @@ def test_control_task_is_trained_on_but_kept_out_of_the_seven_tasks(tmp_path):
         generate(tmp_path / "bad", n=7, control=-1)
 
 
+def _assert_task_files_as_without_extras(out: Path, plain: Path) -> None:
+    """The seven tasks' training files of ``out`` (n=21, seed 1, 56 px, with extras) equal those of a plain build."""
+    generate(plain, n=21, seed=1, size=56, progress=False)
+    for kind in ("raw", "sft", "bench", "rl"):
+        assert (plain / kind / "train.jsonl").read_bytes() == (out / kind / "train.jsonl").read_bytes()
+
+
 def test_caption_clips_describe_their_frame_and_stay_out_of_the_task_files(tmp_path):
     """--captions adds still scenes with their description, in caption_* files only."""
     from streampro.dataset_scripts.synth import CAPTION_QUESTION, COLUMNS, ROWS, Canvas, _grid_xy
@@ -253,10 +260,7 @@ def test_caption_clips_describe_their_frame_and_stay_out_of_the_task_files(tmp_p
             x, y = _grid_xy(canvas, COLUMNS.index(column), ROWS.index(row))
             assert _close(_pixel(frame, x, y), COLORS[color]), (record["id"], part)
             assert size in ("big", "small") and shape in ("square", "circle", "triangle")
-    plain = tmp_path / "plain"
-    generate(plain, n=21, seed=1, size=56, progress=False)
-    for kind in ("raw", "sft", "bench", "rl"):
-        assert (plain / kind / "train.jsonl").read_bytes() == (out / kind / "train.jsonl").read_bytes()
+    _assert_task_files_as_without_extras(out, tmp_path / "plain")
     with pytest.raises(ValueError, match="--captions"):
         generate(tmp_path / "bad", n=7, captions=-1)
 
@@ -299,10 +303,7 @@ def test_motion_captions_name_the_step_at_its_end_and_stay_out_of_the_task_files
         else:
             assert action in (["grew"], ["shrank"])
             assert (after.sum() > before.sum()) == (action == ["grew"]), (record["id"], before.sum(), after.sum())
-    assert moves  # both kinds of step occur
-    plain = tmp_path / "plain"
-    generate(plain, n=21, seed=1, size=56, progress=False)
-    for kind in ("raw", "sft", "bench", "rl"):
-        assert (plain / kind / "train.jsonl").read_bytes() == (out / kind / "train.jsonl").read_bytes()
+    assert 0 < moves < len(records)  # both kinds of step occur
+    _assert_task_files_as_without_extras(out, tmp_path / "plain")
     with pytest.raises(ValueError, match="--motion-captions"):
         generate(tmp_path / "bad", n=7, motion_captions=-1)
