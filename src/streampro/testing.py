@@ -44,6 +44,12 @@ class FakeOpenAI:
                 try:
                     status, payload, delay = fake.script(n, body)
                     time.sleep(delay)
+                finally:
+                    # Answered: counted out before the reply is written, since the client may send its
+                    # next request as soon as it reads the reply (counting out after it raced that).
+                    with fake._lock:
+                        fake.in_flight -= 1
+                try:
                     data = json.dumps(payload).encode()
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -54,9 +60,6 @@ class FakeOpenAI:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout tests)
-                finally:
-                    with fake._lock:
-                        fake.in_flight -= 1
 
             def log_message(self, *args):
                 pass
