@@ -352,7 +352,7 @@ def train_captions(run: Run) -> None:
     from streampro.dataset_scripts.builders import write_jsonl
 
     b = run.budget
-    parts = [run.data / "sft" / f"{name}_train.jsonl" for name in CAPTION_KINDS[:2 if b.motion_caption_clips else 1]]
+    parts = [run.data / "sft" / f"{name}_train.jsonl" for name in caption_kinds(b)]
     for part in parts:
         if not part.is_file():
             raise FileNotFoundError(f"{part} not found: the caption stage needs the data stage's caption clips; "
@@ -364,9 +364,14 @@ def train_captions(run: Run) -> None:
     _sft(run, "captions", "init", train_file, "ce", b.caption_steps, batch=b.caption_batch)
 
 
+def caption_kinds(budget: Budget) -> tuple[str, ...]:
+    """The caption stage's data (file-name stems): scene captions, and motion captions when the budget has them."""
+    return ("caption", "motion_caption") if budget.motion_caption_clips else ("caption",)
+
+
 def caption_splits(run: Run) -> list[str]:
-    """The caption stage's validation benchmarks: the still scenes, and the motion captions when trained on."""
-    return [f"{name}_validation" for name in CAPTION_KINDS[:2 if run.budget.motion_caption_clips else 1]]
+    """The caption stage's validation benchmarks, one per kind of caption it trained on."""
+    return [f"{name}_validation" for name in caption_kinds(run.budget)]
 
 
 def train_control_first(run: Run) -> None:
@@ -468,8 +473,6 @@ def train_grpo(run: Run, name: str = "grpo", start: str = "sft-cb_stream") -> No
             _train(build_trainer, (GRPOScriptArguments, StreamProGRPOConfig, ModelConfig), argv, work)
 
 
-# The caption stage's data: scene captions, then (with ``motion_caption_clips``) motion captions.
-CAPTION_KINDS = ("caption", "motion_caption")
 # A three-shape caption is ~37 tokens with the tiny tokenizer; the task answers are at most ~16.
 CAPTION_MAX_NEW_TOKENS = 48
 
