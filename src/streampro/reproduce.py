@@ -201,7 +201,10 @@ class Run:
             fcntl.flock(lock, fcntl.LOCK_EX)
             stored = json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
             stored[name] = round(seconds, 1)
-            self.timings_path.write_text(json.dumps(stored, indent=2) + "\n")
+            # Replaced, not rewritten in place: a worker starting up reads the file without the lock.
+            partial = self.timings_path.with_suffix(".json.partial")
+            partial.write_text(json.dumps(stored, indent=2) + "\n")
+            partial.replace(self.timings_path)
             self.timings = stored
 
 
