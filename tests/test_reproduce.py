@@ -45,7 +45,7 @@ def test_quick_reproduce_writes_every_row_and_resumes(tmp_path, capsys):
     # The default recipe: captions, then the control-first warm-up, then every loss from there.
     assert (out / "models" / "control-first" / "start.txt").read_text().strip() == "captions"
     assert all((out / "models" / m / "start.txt").read_text().strip() == "control-first" for m in models[:3])
-    assert summary["caption_validation_f1"] is not None
+    assert summary["caption_validation_f1"] is not None and summary["motion_caption_validation_f1"] is not None
     # Every model was trained and saved; each evaluation used the exact judge.
     for m in models:
         assert (out / "models" / m / "model.safetensors").is_file()
@@ -155,9 +155,10 @@ def test_caption_stage_centred_features_and_short_prompt(tmp_path):
     from streampro import reproduce as R
     from streampro.loading import load_model_and_processor
 
-    # The default recipe without the curriculum, with motion captions.
-    budget = replace(R.QUICK, sft_steps=1, control_first_steps=0, motion_caption_clips=3)
-    assert budget.caption_steps and budget.centre_image_features and budget.short_system_prompt
+    # The default recipe without the curriculum (motion captions included).
+    budget = replace(R.QUICK, sft_steps=1, control_first_steps=0)
+    assert budget.caption_steps and budget.motion_caption_clips
+    assert budget.centre_image_features and budget.short_system_prompt
     run = R.Run(tmp_path, budget, seed=0, quick=True)
     R.build_data(run)
     R.build_init(run)
@@ -186,7 +187,7 @@ def test_caption_stage_centred_features_and_short_prompt(tmp_path):
         report = R.evaluate(run, "captions", split, max_new_tokens=R.CAPTION_MAX_NEW_TOKENS)
         assert json.loads((report / "report.json").read_text())["results"][f"{task}_f1"] is not None
     assert R._run_label(json.loads((tmp_path / "settings.json").read_text())) == (
-        "seed 0, sft-steps 1, motion-caption-clips 3, control-first-steps 0")
+        "seed 0, sft-steps 1, control-first-steps 0")
 
 
 def test_a_run_from_before_a_budget_field_resumes_as_it_ran(tmp_path):
@@ -221,10 +222,11 @@ def test_plain_and_the_recipe_options_set_the_budget(tmp_path, monkeypatch):
             main(["reproduce", "--out", str(tmp_path / "run"), *argv])
     assert budgets[0] == replace(R.FULL, **R.PLAIN_RECIPE)
     assert budgets[1] == replace(R.FULL, **{**R.PLAIN_RECIPE, "control_first_steps": 200, "control_first_loss": "cb_stream"})
-    assert budgets[2] == replace(R.FULL, short_system_prompt=False, caption_steps=0)
+    assert budgets[2] == replace(R.FULL, short_system_prompt=False, caption_steps=0, motion_caption_clips=0)
     assert R._run_label({"seed": 1, "budget": asdict(budgets[1])}) == (
         "seed 1, plain recipe, control-first-steps 200, control-first-loss cb_stream")
-    assert R._run_label({"seed": 1, "budget": asdict(budgets[2])}) == "seed 1, caption-steps 0, short-system-prompt False"
+    assert R._run_label({"seed": 1, "budget": asdict(budgets[2])}) == (
+        "seed 1, caption-steps 0, motion-caption-clips 0, short-system-prompt False")
 
 
 def test_a_curriculum_loss_without_curriculum_steps_is_refused(tmp_path):

@@ -82,13 +82,14 @@ class Budget:
     # (docs/reproduce.md, "Reading the frames"); ``--plain`` (PLAIN_RECIPE) turns all of it off.
     # > 0: first of all, train this many steps of CE on scene captions (``caption_clips`` still frames of
     # 1-3 shapes and their description, 80/10/10) from the init, the tower fixed as below: the job of a
-    # VLM's image-caption stage.
-    caption_steps: int = 1500
+    # VLM's image-caption stage. 2,500 steps: mixed with the motion captions, 1,500 left it half-trained
+    # (docs/reproduce.md, "Motion captions").
+    caption_steps: int = 2500
     caption_clips: int = 2000
     caption_batch: int = 16
     # > 0: the caption stage also trains on this many motion captions (one shape makes one step, named at
     # its end in EU's words), which teach the action words EU and TP need; 0 = still scenes only.
-    motion_caption_clips: int = 0
+    motion_caption_clips: int = 2000
     # > 0: then train this many steps on the control task's clips alone (with ``control_first_loss``), and
     # start every loss from that model (the "control first" curriculum with a CB-Stream warm-up).
     control_first_steps: int = 200
@@ -123,9 +124,9 @@ FULL = Budget()
 QUICK = replace(FULL, n_clips=21, control_clips=3, text_hidden=64, text_layers=2, text_intermediate=128, vision_hidden=32,
                 vision_heads=2, vision_intermediate=64, sft_steps=3, sft_batch=2, sft_warmup=0, grpo_steps=1,
                 grpo_generations=2, grpo_batch=2, grpo_max_new_tokens=4, eval_max_new_tokens=2, caption_steps=2,
-                caption_clips=3, caption_batch=2, control_first_steps=2)
+                caption_clips=3, caption_batch=2, motion_caption_clips=3, control_first_steps=2)
 # The recipe of the first runs (the paper's stages alone), before the default learned to read the frames.
-PLAIN_RECIPE = {"caption_steps": 0, "control_first_steps": 0, "control_first_loss": "ce",
+PLAIN_RECIPE = {"caption_steps": 0, "motion_caption_clips": 0, "control_first_steps": 0, "control_first_loss": "ce",
                 "centre_image_features": False, "short_system_prompt": False}
 
 
@@ -882,7 +883,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "in every stage), then the rest from there (default: the budget's, 0 = off).")
     parser.add_argument("--motion-captions", type=int, dest="motion_caption_clips",
                         help="Also train the caption stage on this many motion captions (one shape makes one "
-                             "step, named at its end in EU's words; default 0 = still scenes only).")
+                             "step, named at its end in EU's words; default: the budget's, 2000; 0 = still "
+                             "scenes only; none without the caption stage).")
     parser.add_argument("--control-first-steps", type=int,
                         help="Curriculum: then train this many steps on the control task alone (shared by the "
                              "three losses), and each loss from there (default: the budget's, 0 = off).")
@@ -935,6 +937,8 @@ def run(args: argparse.Namespace) -> int:
         if args.caption_steps < 0:
             raise SystemExit("streampro reproduce: --caption-steps must be >= 0")
         budget = replace(budget, caption_steps=args.caption_steps)
+        if not args.caption_steps and args.motion_caption_clips is None:  # no caption stage: no motion captions
+            budget = replace(budget, motion_caption_clips=0)
     if args.motion_caption_clips is not None:
         if args.motion_caption_clips < 0 or (args.motion_caption_clips and not budget.caption_steps):
             raise SystemExit("streampro reproduce: --motion-captions must be >= 0 and needs the caption stage "
