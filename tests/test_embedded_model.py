@@ -53,9 +53,14 @@ def test_demo_command_runs_offline(argv, capsys):
     assert demo_references()[0]["id"] in out
 
 
-def test_provenance_names_a_validation_choice():
+def test_provenance_names_a_validation_choice_by_the_default_recipe():
+    from dataclasses import asdict
+
+    from streampro.reproduce import FULL
+
     prov = json.loads((EMBEDDED_MODEL_DIR / "PROVENANCE.json").read_text())
-    assert "validation" in prov["source"] and prov["settings"]["seed"] == 0
+    assert "validation" in prov["source"] and isinstance(prov["settings"]["seed"], int)
+    assert prov["settings"]["budget"] == asdict(FULL)  # shipped from a run of today's default recipe
 
 
 @pytest.mark.parametrize("name", ["configuration_streampro", "modeling_streampro", "processing_streampro",
