@@ -61,10 +61,12 @@ def _why_videos_differ(a: Path, b: Path) -> str:
     import av
 
     def packets_and_pictures(path: Path):
-        with av.open(str(path)) as container:
-            packets = [bytes(p) for p in container.demux(video=0) if p.size]
-        with av.open(str(path)) as container:
-            pictures = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        packets, pictures = [], []
+        with av.open(str(path)) as container:  # one pass: each packet kept, then decoded
+            for packet in container.demux(video=0):
+                if packet.size:
+                    packets.append(bytes(packet))
+                pictures += [f.to_ndarray(format="rgb24") for f in packet.decode()]  # the empty one flushes
         return packets, pictures
 
     (pa, fa), (pb, fb) = packets_and_pictures(a), packets_and_pictures(b)
