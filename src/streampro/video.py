@@ -562,7 +562,11 @@ def encode_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: flo
                 stream = container.add_stream(codec, rate=rate)
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
                 if codec == "libx264":
-                    stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}  # one thread: byte-identical output
+                    # One thread and x264's cpu-independent mode: byte-identical output. Without the
+                    # latter, 3-8 % of encodes of the same frames differed in chroma by 1-2 levels,
+                    # depending on what the process had allocated before (scripts in docs/data.md).
+                    stream.options = {"crf": "18", "preset": "veryfast", "threads": "1",
+                                      "x264-params": "cpu-independent=1"}
                     stream.codec_context.thread_count = 1  # PyAV otherwise sets 0 (auto), overriding "threads"
                 else:
                     stream.options = {"qscale": "2"}
