@@ -520,7 +520,8 @@ def per_task_counts(n: int) -> dict[str, int]:
 
 
 def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int = 112,
-             progress: bool = True, control: int = 0, captions: int = 0, motion_captions: int = 0) -> dict:
+             progress: bool = True, control: int = 0, captions: int = 0, motion_captions: int = 0,
+             extra_train: int = 0) -> dict:
     """Write StreamPro-Synth to ``out_dir``; return the statistics that the card reports.
 
     ``control`` > 0 adds that many clips of the easy control task (``CONTROL_TASK``, split 80/10/10
@@ -530,6 +531,11 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
     (``CAPTION_TASK``, 80/10/10), written only to ``raw|sft|bench/caption_{split}.jsonl`` for a
     pretraining stage; ``motion_captions`` > 0 likewise adds motion captions (``MOTION_CAPTION_TASK``) to
     ``raw|sft|bench/motion_caption_{split}.jsonl``.
+
+    ``extra_train`` > 0 adds that many more training clips of the seven tasks (spread like ``n``),
+    drawn after the ``n`` clips' indices and written last in the train files (after the control
+    clips in ``sft/train.jsonl``): the validation and test splits, and the first training records,
+    stay exactly those of the same ``n`` without them.
     """
     from tqdm import tqdm
 
@@ -543,6 +549,8 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
         raise ValueError(f"--captions must be >= 0, got {captions}")
     if motion_captions < 0:
         raise ValueError(f"--motion-captions must be >= 0, got {motion_captions}")
+    if extra_train < 0:
+        raise ValueError(f"--extra-train must be >= 0, got {extra_train}")
     if not (16 <= size <= 112) or size % 2:
         raise ValueError(f"--size must be an even number of pixels in [16, 112], got {size}")
     out = Path(out_dir)
@@ -561,7 +569,11 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
             for _ in range(counts[split]):
                 plan.append((split, task, i))
                 i += 1
+    # Extra training clips continue each task's indices, so no clip of the n-clip splits changes.
+    extra_counts = per_task_counts(extra_train) if extra_train else {}
+    plan += [("train", task, per_task_counts(n)[task] + j) for task, k in extra_counts.items() for j in range(k)]
     raw: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    extra_raw: list[dict] = []
     pretraining = {CAPTION_TASK: ("caption", captions), MOTION_CAPTION_TASK: ("motion_caption", motion_captions)}
     extra: dict[str, dict[str, list[dict]]] = {t: {s: [] for s in SPLITS} for t in (CONTROL_TASK, *pretraining)}
     for split, task, i in tqdm(plan, desc="synth", unit="clip", disable=not progress):
@@ -575,20 +587,23 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
             "answers": clip.answers, "system": None,
             "meta": {"seed": seed, "index": i, "split": split, **clip.meta},
         }
-        (extra[task] if task in extra else raw)[split].append(validate_raw(sample, where=sample_id))
+        is_extra = task in extra_counts and i >= counts_by_task[task]
+        (extra_raw if is_extra else extra[task][split] if task in extra else raw[split]).append(
+            validate_raw(sample, where=sample_id))
     raw_control = extra[CONTROL_TASK]
     stats: dict = {"seed": seed, "n": n, "size": size, "control": control, "captions": captions,
-                   "motion_captions": motion_captions, "splits": {}, "tasks": {}}
+                   "motion_captions": motion_captions, "extra_train": extra_train, "splits": {}, "tasks": {}}
     for split in SPLITS:
-        write_jsonl(out / "raw" / f"{split}.jsonl", raw[split])
+        extras = extra_raw if split == "train" else []
+        write_jsonl(out / "raw" / f"{split}.jsonl", raw[split] + extras)
         sft_stats: Counter = Counter()
         sft = build_records("sft", raw[split], 1.0, sft_stats)
         if split == "train":
-            sft += build_records("sft", raw_control[split], 1.0)
+            sft += build_records("sft", raw_control[split], 1.0) + build_records("sft", extras, 1.0, sft_stats)
         write_jsonl(out / "sft" / f"{split}.jsonl", sft)
-        write_jsonl(out / "rl" / f"{split}.jsonl", build_records("rl", raw[split], 1.0))
-        write_jsonl(out / "bench" / f"{split}.jsonl", [to_reference(s) for s in raw[split]])
-        stats["splits"][split] = dict(sft_stats, clips=len(raw[split]))
+        write_jsonl(out / "rl" / f"{split}.jsonl", build_records("rl", raw[split] + extras, 1.0))
+        write_jsonl(out / "bench" / f"{split}.jsonl", [to_reference(s) for s in raw[split] + extras])
+        stats["splits"][split] = dict(sft_stats, clips=len(raw[split]) + len(extras))
         if control:
             write_jsonl(out / "raw" / f"control_{split}.jsonl", raw_control[split])
             write_jsonl(out / "bench" / f"control_{split}.jsonl", [to_reference(s) for s in raw_control[split]])
@@ -602,7 +617,8 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
                 stats["splits"][split][f"{name}_clips"] = len(clips)
     for task in TASKS:
         task_stats: Counter = Counter()
-        build_records("sft", [s for split in SPLITS for s in raw[split] if s["task"] == task], 1.0, task_stats)
+        clips = [s for split in SPLITS for s in raw[split] + (extra_raw if split == "train" else [])]
+        build_records("sft", [s for s in clips if s["task"] == task], 1.0, task_stats)
         stats["tasks"][task] = dict(task_stats)
     (out / "README.md").write_text(_card(stats), encoding="utf-8")
     return stats
@@ -633,6 +649,8 @@ def _card(stats: dict) -> str:
         rows.append(f"| {task} | {st.get('records', 0)} | {st.get('turns', 0)} | {st.get('response_turns', 0)} | "
                     f"{st.get('silence_turns', 0)} | {st.get('silence_turns_from_question', 0)} |")
     split_line = ", ".join(f"{s}: {st['clips']} clips" for s, st in stats["splits"].items())
+    extra_line = (f", plus {stats['extra_train']} more training clips (`--extra-train`), drawn after them and listed last "
+                  "in the train files" if stats.get("extra_train") else "")
     control = ""
     if stats.get("control"):
         per_split = ", ".join(f"{s}: {st['control_clips']}" for s, st in stats["splits"].items())
@@ -664,12 +682,12 @@ the step's end in EU's words (`the red square moved right`). They are only in
     tasks = "\n".join(f"- **{t}**: {d}." for t, d in _TASK_DOC.items())
     body = f"""\
 Procedural streaming videos with exact ground truth for the seven StreamPro tasks, generated by
-`streampro data synth --n {stats['n']} --seed {stats['seed']} --size {stats['size']}{f" --control {stats['control']}" if stats.get('control') else ""}{f" --captions {stats['captions']}" if stats.get('captions') else ""}{f" --motion-captions {stats['motion_captions']}" if stats.get('motion_captions') else ""}`. Same seed, same files.
+`streampro data synth --n {stats['n']} --seed {stats['seed']} --size {stats['size']}{f" --control {stats['control']}" if stats.get('control') else ""}{f" --captions {stats['captions']}" if stats.get('captions') else ""}{f" --motion-captions {stats['motion_captions']}" if stats.get('motion_captions') else ""}{f" --extra-train {stats['extra_train']}" if stats.get('extra_train') else ""}`. Same seed, same files.
 
 Clips are {MIN_DURATION}–{MAX_DURATION} s, {stats['size']}×{stats['size']} px, H.264 at {ENCODE_FPS} fps
 (frame j shows time j/{ENCODE_FPS} s), a few large saturated shapes on a dark background. Answers are
 short phrases from a closed vocabulary (colours {', '.join(COLOR_NAMES)}; shapes {', '.join(SHAPES)}),
-so exact-match judging is meaningful. Splits ({split_line}) are 80/10/10 per task, balanced across tasks.
+so exact-match judging is meaningful. Splits ({split_line}) are 80/10/10 per task, balanced across tasks{extra_line}.
 
 ## Tasks
 {tasks}
@@ -712,12 +730,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--motion-captions", type=int, default=0,
                         help="Also add this many motion-caption clips (one shape makes one step, named at its "
                              "end) for caption pretraining; written only to raw|sft|bench/motion_caption_*.jsonl.")
+    parser.add_argument("--extra-train", type=int, default=0,
+                        help="Also add this many training clips of the seven tasks after the --n clips (validation "
+                             "and test unchanged); listed last in the train files.")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
 
 
 def run(args) -> int:
     stats = generate(args.out, n=args.n, seed=args.seed, size=args.size, progress=not args.no_progress,
-                     control=args.control, captions=args.captions, motion_captions=args.motion_captions)
+                     control=args.control, captions=args.captions, motion_captions=args.motion_captions,
+                     extra_train=args.extra_train)
     print(f"StreamPro-Synth -> {args.out}")
     for split, st in stats["splits"].items():
         print(f"  {split}: {st['clips']} clips, {st.get('response_turns', 0)} response turns, "

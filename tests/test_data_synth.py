@@ -351,3 +351,26 @@ def test_motion_captions_name_the_step_at_its_end_and_stay_out_of_the_task_files
     _assert_task_files_as_without_extras(out, tmp_path / "plain")
     with pytest.raises(ValueError, match="--motion-captions"):
         generate(tmp_path / "bad", n=7, motion_captions=-1)
+
+
+def test_extra_training_clips_leave_the_benchmark_and_the_first_records_unchanged(tmp_path):
+    """--extra-train adds training clips after the --n clips' indices, listed last in every train file."""
+    out, plain = tmp_path / "with_extra", tmp_path / "plain"
+    stats = generate(out, n=21, seed=1, size=32, progress=False, control=10, extra_train=14)
+    generate(plain, n=21, seed=1, size=32, progress=False, control=10)
+    assert stats["splits"]["train"]["clips"] == 7 + 14
+    for kind in ("raw", "sft", "rl", "bench"):
+        for split in ("validation", "test"):
+            assert (plain / kind / f"{split}.jsonl").read_bytes() == (out / kind / f"{split}.jsonl").read_bytes()
+        before = (plain / kind / "train.jsonl").read_text().splitlines()
+        after = (out / kind / "train.jsonl").read_text().splitlines()
+        assert after[:len(before)] == before, kind  # the extras come last (in sft: after the control clips)
+        extra_ids = [json.loads(line)["id"] for line in after[len(before):]]
+        # two more clips per task, indices 3 and 4 (0-2 are the task's train / validation / test clips)
+        assert sorted(extra_ids) == sorted(f"synth-{t}-{i:05d}" for t in TASKS for i in (3, 4)), kind
+    clip = make_clip("GP", 4, seed=1, size=32)
+    raw = {json.loads(x)["id"]: json.loads(x) for x in (out / "raw" / "train.jsonl").read_text().splitlines()}
+    assert raw["synth-GP-00004"]["answers"] == clip.answers
+    assert "--extra-train 14" in (out / "README.md").read_text()
+    with pytest.raises(ValueError, match="--extra-train"):
+        generate(tmp_path / "bad", n=7, extra_train=-1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, replace
 
+import numpy as np
 import pytest
 from streampro.metrics import TASKS
 
@@ -217,12 +218,13 @@ def test_plain_and_the_recipe_options_set_the_budget(tmp_path, monkeypatch):
 
     monkeypatch.setattr(R, "Run", stop)
     for argv in (["--plain"], ["--plain", "--control-first-steps", "200", "--control-first-loss", "cb_stream"],
-                 ["--no-short-system-prompt", "--caption-steps", "0"]):
+                 ["--no-short-system-prompt", "--caption-steps", "0"], ["--size", "84", "--extra-train", "700"]):
         with pytest.raises(SystemExit, match="stopped"):
             main(["reproduce", "--out", str(tmp_path / "run"), *argv])
     assert budgets[0] == replace(R.FULL, **R.PLAIN_RECIPE)
     assert budgets[1] == replace(R.FULL, **{**R.PLAIN_RECIPE, "control_first_steps": 200, "control_first_loss": "cb_stream"})
     assert budgets[2] == replace(R.FULL, short_system_prompt=False, caption_steps=0, motion_caption_clips=0)
+    assert budgets[3] == replace(R.FULL, size=84, extra_train_clips=700)
     assert R._run_label({"seed": 1, "budget": asdict(budgets[1])}) == (
         "seed 1, plain recipe, control-first-steps 200, control-first-loss cb_stream")
     assert R._run_label({"seed": 1, "budget": asdict(budgets[2])}) == (
@@ -233,6 +235,28 @@ def test_a_curriculum_loss_without_curriculum_steps_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="add --control-first-steps"):
         main(["reproduce", "--out", str(tmp_path / "run"), "--quick", "--plain", "--control-first-loss", "focal"])
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_frame_size_off_the_patch_grid_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="--size must be a multiple of 28"):
+        main(["reproduce", "--out", str(tmp_path / "run"), "--quick", "--size", "70"])
+    with pytest.raises(SystemExit, match="--extra-train must be >= 0"):
+        main(["reproduce", "--out", str(tmp_path / "run"), "--quick", "--extra-train", "-7"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_extra_training_clips_do_not_change_the_init(tmp_path):
+    """The image features are centred on the same frames with and without --extra-train (extras come last)."""
+    from streampro import reproduce as R
+
+    base = replace(R.QUICK, control_clips=0, caption_steps=0, motion_caption_clips=0)
+    frames = []
+    for name, extra in (("plain", 0), ("extra", 14)):
+        run = R.Run(tmp_path / name, replace(base, extra_train_clips=extra), seed=0, quick=True)
+        R.build_data(run)
+        frames.append([np.asarray(f) for f in R._training_frames(run)])
+    assert len(frames[0]) == len(frames[1]) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(*frames))
 
 
 def test_negative_caption_steps_are_refused(tmp_path):

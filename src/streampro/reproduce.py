@@ -64,6 +64,8 @@ class Budget:
 
     n_clips: int = 1400  # StreamPro-Synth clips over 7 tasks: 160 train / 20 validation / 20 test per task
     control_clips: int = 200  # the easy control task (160 / 20 / 20): trained on, reported apart from the 7 tasks
+    # More training clips of the seven tasks, drawn after the n_clips (validation and test unchanged).
+    extra_train_clips: int = 0
     size: int = 56  # frame side in px: 56 px = 4x4 patches of 14 px = 4 image tokens per frame
     text_hidden: int = 128
     text_layers: int = 3
@@ -78,6 +80,9 @@ class Budget:
     sft_batch: int = 4
     sft_lr: float = 1e-3
     sft_warmup: int = 20
+    # Batches of clips of similar length (Trainer's "group_by_length" sampler on the records' num_turns) in
+    # every SFT stage: less padding per step, the same clips per epoch.
+    group_by_length: bool = False
     # The default recipe teaches the tiny language model to read the frames before the streaming tasks
     # (docs/reproduce.md, "Reading the frames"); ``--plain`` (PLAIN_RECIPE) turns all of it off.
     # > 0: first of all, train this many steps of CE on scene captions (``caption_clips`` still frames of
@@ -133,7 +138,8 @@ PLAIN_RECIPE = {"caption_steps": 0, "motion_caption_clips": 0, "control_first_st
 # Budget fields added after the first runs: a settings.json that lacks one is filled in with what runs
 # from before it did (its stage off: PLAIN_RECIPE; the caption clips and batch, unused then, as the default).
 ADDED_FIELDS = ("control_first_steps", "control_first_loss", "caption_steps", "caption_clips", "caption_batch",
-                "centre_image_features", "short_system_prompt", "motion_caption_clips")
+                "centre_image_features", "short_system_prompt", "motion_caption_clips", "extra_train_clips",
+                "group_by_length")
 SHORT_SYSTEM_PROMPT = ("You are StreamPro. After each frame answer </Silence>, or </Response> and the answer as soon "
                        "as it is known.")
 
@@ -231,7 +237,7 @@ def build_data(run: Run) -> None:
             b = run.budget
             generate(run.data, n=b.n_clips, seed=run.seed, size=b.size, progress=True, control=b.control_clips,
                      captions=b.caption_clips if b.caption_steps else 0,
-                     motion_captions=b.motion_caption_clips if b.caption_steps else 0)
+                     motion_captions=b.motion_caption_clips if b.caption_steps else 0, extra_train=b.extra_train_clips)
 
 
 def build_init(run: Run) -> None:
@@ -254,10 +260,14 @@ def build_init(run: Run) -> None:
 
 
 def _training_frames(run: Run, clips: int = 64) -> list:
-    """The frames of the first ``clips`` training clips (every task: the file is ordered by task)."""
+    """The frames of ``clips`` training clips spread over the file (every task: it is ordered by task).
+
+    The extra training clips, listed last, are left out, so they do not change the init.
+    """
     from streampro.dataset_scripts import load_record_frames
 
     records = _read_jsonl(run.data / "sft" / "train.jsonl")
+    records = records[:len(records) - run.budget.extra_train_clips]
     step = max(1, len(records) // clips)
     return [frame for record in records[::step][:clips] for frame in load_record_frames(record, run.data)]
 
@@ -315,6 +325,13 @@ def _freeze_argv(b: Budget) -> list[str]:
     return ["--freeze_vision", flag, "--freeze_projector", flag]
 
 
+def _sampling_argv(b: Budget) -> list[str]:
+    """Trainer's sampler: random batches, or batches grouped by the records' number of turns."""
+    if not b.group_by_length:
+        return []
+    return ["--train_sampling_strategy", "group_by_length", "--length_column_name", "num_turns"]
+
+
 def _sft(run: Run, name: str, start: str, train_file: Path, loss: str, steps: int, batch: int | None = None) -> None:
     """SFT stage ``name``: ``steps`` steps of ``loss`` on ``train_file`` from the model ``start`` (batch: the SFT one)."""
     from trl import ModelConfig
@@ -332,7 +349,7 @@ def _sft(run: Run, name: str, start: str, train_file: Path, loss: str, steps: in
                 "--model", str(run.model_dir(start)), "--train_file", str(train_file),
                 "--eval_file", "", "--frames_root", str(run.data), "--frame_cache_dir", str(run.data / ".frame_cache"),
                 "--loss_type", loss, *_freeze_argv(b),
-                "--per_device_train_batch_size", str(batch or b.sft_batch),
+                "--per_device_train_batch_size", str(batch or b.sft_batch), *_sampling_argv(b),
                 "--gradient_accumulation_steps", "1", "--learning_rate", str(b.sft_lr), "--lr_scheduler_type",
                 "cosine", "--warmup_steps", str(b.sft_warmup), *_common_trainer_argv(run, work, steps),
             ]
@@ -874,6 +891,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-grpo", action="store_true", help="Stop after SFT (the table then has no GRPO row).")
     parser.add_argument("--sft-steps", type=int, help="Override the SFT steps of the budget (same for every loss).")
     parser.add_argument("--grpo-steps", type=int, help="Override the GRPO steps of the budget.")
+    parser.add_argument("--size", type=int,
+                        help="Frame side in px (default: the budget's, 56 = 4 image tokens per frame; 84 = 9, one "
+                             "per cell of the 3x3 grid the shapes move on).")
+    parser.add_argument("--extra-train", type=int, dest="extra_train_clips",
+                        help="Train on this many more clips of the seven tasks, drawn after the benchmark's "
+                             "(validation and test unchanged; default: the budget's).")
     parser.add_argument("--plain", action="store_true",
                         help="The plain recipe of the first runs: no caption stage, no control-first curriculum, "
                              "the tower's features as they are and the 200-token system prompt; the options "
@@ -924,6 +947,15 @@ def run(args: argparse.Namespace) -> int:
         budget = replace(budget, sft_steps=args.sft_steps)
     if args.grpo_steps is not None:
         budget = replace(budget, grpo_steps=args.grpo_steps)
+    if args.size is not None:
+        if not (16 <= args.size <= 112) or args.size % 28:
+            raise SystemExit("streampro reproduce: --size must be a multiple of 28 px in [28, 112] (two 14-px patches "
+                             "per merged image token)")
+        budget = replace(budget, size=args.size)
+    if args.extra_train_clips is not None:
+        if args.extra_train_clips < 0:
+            raise SystemExit("streampro reproduce: --extra-train must be >= 0")
+        budget = replace(budget, extra_train_clips=args.extra_train_clips)
     if args.control_first_steps is not None:
         if args.control_first_steps < 0 or (args.control_first_steps and not budget.control_clips):
             raise SystemExit("streampro reproduce: --control-first-steps must be >= 0 and needs control clips")
