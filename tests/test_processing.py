@@ -54,6 +54,24 @@ def test_tokenizer_is_deterministic_and_has_special_tokens():
     assert a.decode(ids) == text
 
 
+def test_tiny_tokenizer_v2_keeps_synth_words_whole_and_digits_as_in_time_tags():
+    """v2 tokenises like a real Qwen tokenizer: whole words, single digits; v1 still rebuilds older models' tokenizer."""
+    import hashlib
+    import json
+
+    tok = build_tiny_tokenizer(version="v2")
+    for word in ("user", "assistant", "green", "yellow", "triangle", "shrank", "appeared", "block"):
+        assert len(tok.tokenize(word if word in ("user", "assistant") else " " + word)) == 1, word
+    tag, answer = tok.tokenize("<13s-14s>"), tok.tokenize("13s - 18s")
+    assert tag[tag.index("-") + 1:][:2] == ["1", "4"] and answer[:2] == tag[1:3] == ["1", "3"]
+    # v1 is the vocabulary of the models built before v2 (e.g. the embedded model until 2026-12): pinned
+    v1 = sorted(build_tiny_tokenizer(version="v1").get_vocab().items())
+    assert hashlib.sha256(json.dumps(v1).encode()).hexdigest() == (
+        "06fa96606b5b16a356c9c20e7fc414c17d32e91c5e740eec21be8337448b12f8")
+    with pytest.raises(ValueError, match="unknown tiny tokenizer version"):
+        build_tiny_tokenizer(version="v3")
+
+
 def test_whole_stream_equals_concatenated_turns(tiny):
     """Incremental inference sees exactly what training sees."""
     p = tiny.processor

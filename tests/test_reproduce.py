@@ -259,6 +259,31 @@ def test_extra_training_clips_do_not_change_the_init(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(*frames))
 
 
+def test_group_by_length_batches_records_of_similar_turn_counts(tmp_path, monkeypatch):
+    """budget.group_by_length gives every SFT stage Trainer's length-grouped sampler over the records' num_turns."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from trl import TrlParser
+
+    from streampro import reproduce as R
+
+    samplers = []
+
+    def build_only(build_trainer, parser_types, argv, work):
+        trainer = build_trainer(*TrlParser(parser_types).parse_args_and_config(args=argv))
+        samplers.append((trainer._get_train_sampler(), trainer.train_dataset["num_turns"]))
+
+    monkeypatch.setattr(R, "_train", build_only)
+    budget = replace(R.QUICK, caption_steps=0, motion_caption_clips=0, control_first_steps=0)
+    for name, grouped in (("random", False), ("grouped", True)):
+        run = R.Run(tmp_path / name, replace(budget, group_by_length=grouped), seed=0, quick=True)
+        R.build_data(run)
+        R.build_init(run)
+        R.train_sft(run, "ce")
+    (random_sampler, _), (grouped_sampler, turns) = samplers
+    assert not isinstance(random_sampler, LengthGroupedSampler)
+    assert isinstance(grouped_sampler, LengthGroupedSampler) and grouped_sampler.lengths == turns
+
+
 def test_negative_caption_steps_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="--caption-steps must be >= 0"):
         main(["reproduce", "--out", str(tmp_path / "run"), "--quick", "--caption-steps", "-1"])

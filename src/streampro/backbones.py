@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessorPil
 
 from streampro.modeling_streampro.processing_streampro import (
@@ -58,6 +58,29 @@ The person picks up the cup. A man is cooking. Add the salt. Cut the onion. Stir
 Careful, there is a step ahead. Stop, the light is red. Obstacle on your path. Fire! A fall.
 """
 
+# Version 2 adds the chat template's role names and StreamPro-Synth's questions and answers, so that their
+# words are whole tokens, as in a real Qwen tokenizer (v1 split `green`, `yellow` and `user` into pieces).
+_SYNTH_CORPUS = 8 * "user\nassistant\nsystem\n" + """
+Describe each step the shape takes as soon as the step is finished. Tell me what the shapes do.
+Describe the shapes you see. a big red triangle top left, a small blue circle middle centre, bottom right
+the red square moved right. the blue circle grew. the green triangle shrank. the yellow square moved up.
+What happens after the red circle moved down? Tell me when the triangle changes colour.
+the green square turned yellow. a blue triangle appeared. Tell me when a new shape appears.
+Alert me if anything unusual happens. alert: a fire started. alert: an object fell.
+When is the yellow circle on screen? Tell me its start and end time as soon as it disappears.
+Goal: stack the blocks red, then green, then blue, then yellow, bottom to top. Each time a block is placed,
+tell me the next step. next: place the blue block. done: the tower is complete.
+I am the white ball walking right. Warn me 3 seconds before I run into anything.
+warning: wall ahead, stop. warning: hole ahead, stop. Tell me when the screen changes colour. the screen turned red.
+"""
+# Qwen2's pre-tokenizer pattern: numbers split into single digits, so `13` in a time tag and in an
+# answer are the same tokens (v1 made `13` one token after a space and two after `-`).
+_QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+               r"|\s+(?!\S)|\s+")
+# version -> (corpus, vocabulary size before the special tokens, Qwen2 digit splitting)
+TINY_TOKENIZERS = {"v1": (_CORPUS, 640, False), "v2": (_CORPUS + _SYNTH_CORPUS, 768, True)}
+TINY_TOKENIZER = "v2"  # what new tiny backbones get; checkpoints keep the tokenizer they were built with
+
 # Shrunken sizes, commented: every number is the smallest that keeps the real code paths.
 TINY_SIZES = {
     "text_hidden": 64,  # hidden size of the language model
@@ -72,13 +95,23 @@ TINY_SIZES = {
 }
 
 
-def build_tiny_tokenizer(vocab_size: int = 640, decision_tokens: bool = True) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(decision_tokens: bool = True, version: str = TINY_TOKENIZER) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with the Qwen special tokens, the decision tokens and a chat template.
 
-    ``decision_tokens=False`` mimics a base Qwen-VL tokenizer (for testing checkpoint conversion).
+    ``decision_tokens=False`` mimics a base Qwen-VL tokenizer (for testing checkpoint conversion);
+    ``version`` picks one of ``TINY_TOKENIZERS`` (``"v1"`` rebuilds the tokenizer of older models).
     """
+    if version not in TINY_TOKENIZERS:
+        raise ValueError(f"unknown tiny tokenizer version {version!r}; choose one of {sorted(TINY_TOKENIZERS)}")
+    corpus, vocab_size, qwen_digits = TINY_TOKENIZERS[version]
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if qwen_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
@@ -88,7 +121,7 @@ def build_tiny_tokenizer(vocab_size: int = 640, decision_tokens: bool = True) ->
         special_tokens=[],
         show_progress=False,
     )
-    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    tok.train_from_iterator([corpus] * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -220,16 +253,17 @@ def build_tiny_backbone(
     min_pixels: int = 56 * 56,
     max_pixels: int = 112 * 112,
     streampro: bool = False,
+    tokenizer_version: str = TINY_TOKENIZER,
     **sizes,
 ) -> TinyBackbone:
     """Build a tiny, randomly initialised Qwen-VL model and its StreamPro processor, deterministically.
 
     ``streampro=False`` returns transformers' own ``*ForConditionalGeneration`` (a "base
     checkpoint"); ``streampro=True`` returns ``StreamProForConditionalGeneration`` with the
-    same weights. Same ``seed`` and sizes → identical weights and token ids.
+    same weights. Same ``seed``, sizes and ``tokenizer_version`` → identical weights and token ids.
     """
     _check_backbone(backbone)
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(version=tokenizer_version)
     config = tiny_config(backbone, tokenizer, **sizes)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -288,6 +322,8 @@ def add_decision_tokens(tokenizer, model=None, *, seed: int = 0) -> list[int]:
 __all__ = [
     "BACKBONES",
     "RESPONSE_TOKEN",
+    "TINY_TOKENIZER",
+    "TINY_TOKENIZERS",
     "SILENCE_TOKEN",
     "TinyBackbone",
     "add_decision_tokens",

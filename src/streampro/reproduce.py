@@ -64,9 +64,12 @@ class Budget:
 
     n_clips: int = 1400  # StreamPro-Synth clips over 7 tasks: 160 train / 20 validation / 20 test per task
     control_clips: int = 200  # the easy control task (160 / 20 / 20): trained on, reported apart from the 7 tasks
-    # More training clips of the seven tasks, drawn after the n_clips (validation and test unchanged).
-    extra_train_clips: int = 0
-    size: int = 56  # frame side in px: 56 px = 4x4 patches of 14 px = 4 image tokens per frame
+    # More training clips of the seven tasks, drawn after the n_clips (validation and test unchanged):
+    # 4,200 = 600 more per task, 760 in all (docs/reproduce.md, "Tenth session").
+    extra_train_clips: int = 4200
+    # Frame side in px: 84 px = 6x6 patches of 14 px = 9 image tokens per frame, one per cell of the 3x3 grid
+    # the shapes move on (56 px = 4 tokens, each a quadrant: the first runs).
+    size: int = 84
     text_hidden: int = 128
     text_layers: int = 3
     text_heads: int = 4
@@ -76,13 +79,16 @@ class Budget:
     vision_depth: int = 2
     vision_heads: int = 4
     vision_intermediate: int = 256
+    # The tiny tokenizer (streampro.backbones.TINY_TOKENIZERS): v2 keeps the Synth words whole and splits
+    # numbers into digits like Qwen2's; v1 (the first runs) split colour words and two-digit times into pieces.
+    tokenizer: str = "v2"
     sft_steps: int = 1000
     sft_batch: int = 4
     sft_lr: float = 1e-3
     sft_warmup: int = 20
     # Batches of clips of similar length (Trainer's "group_by_length" sampler on the records' num_turns) in
     # every SFT stage: less padding per step, the same clips per epoch.
-    group_by_length: bool = False
+    group_by_length: bool = True
     # The default recipe teaches the tiny language model to read the frames before the streaming tasks
     # (docs/reproduce.md, "Reading the frames"); ``--plain`` (PLAIN_RECIPE) turns all of it off.
     # > 0: first of all, train this many steps of CE on scene captions (``caption_clips`` still frames of
@@ -129,17 +135,18 @@ FULL = Budget()
 QUICK = replace(FULL, n_clips=21, control_clips=3, text_hidden=64, text_layers=2, text_intermediate=128, vision_hidden=32,
                 vision_heads=2, vision_intermediate=64, sft_steps=3, sft_batch=2, sft_warmup=0, grpo_steps=1,
                 grpo_generations=2, grpo_batch=2, grpo_max_new_tokens=4, eval_max_new_tokens=2, caption_steps=2,
-                caption_clips=3, caption_batch=2, motion_caption_clips=3, control_first_steps=2)
+                caption_clips=3, caption_batch=2, motion_caption_clips=3, control_first_steps=2, extra_train_clips=7)
 # The recipe of the first runs (the paper's stages alone), before the default learned to read the frames.
 PLAIN_RECIPE = {"caption_steps": 0, "motion_caption_clips": 0, "control_first_steps": 0, "control_first_loss": "ce",
-                "centre_image_features": False, "short_system_prompt": False}
+                "centre_image_features": False, "short_system_prompt": False, "tokenizer": "v1", "size": 56,
+                "extra_train_clips": 0, "group_by_length": False}
 
 
 # Budget fields added after the first runs: a settings.json that lacks one is filled in with what runs
 # from before it did (its stage off: PLAIN_RECIPE; the caption clips and batch, unused then, as the default).
 ADDED_FIELDS = ("control_first_steps", "control_first_loss", "caption_steps", "caption_clips", "caption_batch",
                 "centre_image_features", "short_system_prompt", "motion_caption_clips", "extra_train_clips",
-                "group_by_length")
+                "group_by_length", "tokenizer")
 SHORT_SYSTEM_PROMPT = ("You are StreamPro. After each frame answer </Silence>, or </Response> and the answer as soon "
                        "as it is known.")
 
@@ -248,7 +255,8 @@ def build_init(run: Run) -> None:
         if todo:
             side = run.budget.size
             tb = build_tiny_backbone("qwen2_5_vl", seed=run.seed, streampro=True, min_pixels=side * side,
-                                     max_pixels=side * side, **run.budget.model_sizes())
+                                     max_pixels=side * side, tokenizer_version=run.budget.tokenizer,
+                                     **run.budget.model_sizes())
             n = sum(p.numel() for p in tb.model.parameters())
             logger.info("tiny Qwen2.5-VL StreamPro model: %.2f M parameters", n / 1e6)
             if run.budget.centre_image_features:
@@ -897,6 +905,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extra-train", type=int, dest="extra_train_clips",
                         help="Train on this many more clips of the seven tasks, drawn after the benchmark's "
                              "(validation and test unchanged; default: the budget's).")
+    parser.add_argument("--tokenizer", choices=("v1", "v2"),
+                        help="The tiny tokenizer (default: the budget's, v2 = Synth words whole, digits split like "
+                             "Qwen2's; v1 = the first runs').")
+    parser.add_argument("--group-by-length", action=argparse.BooleanOptionalAction,
+                        help="Batch SFT records of similar length (Trainer's group_by_length sampler on num_turns): "
+                             "less padding per step (default: on).")
     parser.add_argument("--plain", action="store_true",
                         help="The plain recipe of the first runs: no caption stage, no control-first curriculum, "
                              "the tower's features as they are and the 200-token system prompt; the options "
@@ -952,6 +966,10 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("streampro reproduce: --size must be a multiple of 28 px in [28, 112] (two 14-px patches "
                              "per merged image token)")
         budget = replace(budget, size=args.size)
+    if args.group_by_length is not None:
+        budget = replace(budget, group_by_length=args.group_by_length)
+    if args.tokenizer is not None:
+        budget = replace(budget, tokenizer=args.tokenizer)
     if args.extra_train_clips is not None:
         if args.extra_train_clips < 0:
             raise SystemExit("streampro reproduce: --extra-train must be >= 0")
