@@ -87,8 +87,9 @@ class Budget:
     sft_lr: float = 1e-3
     sft_warmup: int = 20
     # Batches of clips of similar length (Trainer's "group_by_length" sampler on the records' num_turns) in
-    # every SFT stage: less padding per step, the same clips per epoch.
-    group_by_length: bool = True
+    # every SFT stage: less padding per step, the same clips per epoch. Off: it ruined the caption stage, whose
+    # batches then alternate between all still scenes and all motion clips (docs/reproduce.md, "Tenth session").
+    group_by_length: bool = False
     # The default recipe teaches the tiny language model to read the frames before the streaming tasks
     # (docs/reproduce.md, "Reading the frames"); ``--plain`` (PLAIN_RECIPE) turns all of it off.
     # > 0: first of all, train this many steps of CE on scene captions (``caption_clips`` still frames of
@@ -139,7 +140,7 @@ QUICK = replace(FULL, n_clips=21, control_clips=3, text_hidden=64, text_layers=2
 # The recipe of the first runs (the paper's stages alone), before the default learned to read the frames.
 PLAIN_RECIPE = {"caption_steps": 0, "motion_caption_clips": 0, "control_first_steps": 0, "control_first_loss": "ce",
                 "centre_image_features": False, "short_system_prompt": False, "tokenizer": "v1", "size": 56,
-                "extra_train_clips": 0, "group_by_length": False}
+                "extra_train_clips": 0}
 
 
 # Budget fields added after the first runs: a settings.json that lacks one is filled in with what runs
@@ -910,7 +911,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "Qwen2's; v1 = the first runs').")
     parser.add_argument("--group-by-length", action=argparse.BooleanOptionalAction,
                         help="Batch SFT records of similar length (Trainer's group_by_length sampler on num_turns): "
-                             "less padding per step (default: on).")
+                             "less padding per step, but it ruined the caption stage (default: off).")
     parser.add_argument("--plain", action="store_true",
                         help="The plain recipe of the first runs: no caption stage, no control-first curriculum, "
                              "the tower's features as they are and the 200-token system prompt; the options "
