@@ -521,7 +521,7 @@ def per_task_counts(n: int) -> dict[str, int]:
 
 def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int = 112,
              progress: bool = True, control: int = 0, captions: int = 0, motion_captions: int = 0,
-             extra_train: int = 0) -> dict:
+             extra_train: int = 0, extra_validation: int = 0) -> dict:
     """Write StreamPro-Synth to ``out_dir``; return the statistics that the card reports.
 
     ``control`` > 0 adds that many clips of the easy control task (``CONTROL_TASK``, split 80/10/10
@@ -535,7 +535,9 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
     ``extra_train`` > 0 adds that many more training clips of the seven tasks (spread like ``n``),
     drawn after the ``n`` clips' indices and written last in the train files (after the control
     clips in ``sft/train.jsonl``): the validation and test splits, and the first training records,
-    stay exactly those of the same ``n`` without them.
+    stay exactly those of the same ``n`` without them. ``extra_validation`` > 0 likewise adds validation
+    clips, drawn after the extra training clips and written last in the validation files: a larger
+    validation split makes model selection less noisy, and leaves the training and test files as they were.
     """
     from tqdm import tqdm
 
@@ -551,6 +553,8 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
         raise ValueError(f"--motion-captions must be >= 0, got {motion_captions}")
     if extra_train < 0:
         raise ValueError(f"--extra-train must be >= 0, got {extra_train}")
+    if extra_validation < 0:
+        raise ValueError(f"--extra-validation must be >= 0, got {extra_validation}")
     if not (16 <= size <= 112) or size % 2:
         raise ValueError(f"--size must be an even number of pixels in [16, 112], got {size}")
     out = Path(out_dir)
@@ -569,11 +573,15 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
             for _ in range(counts[split]):
                 plan.append((split, task, i))
                 i += 1
-    # Extra training clips continue each task's indices, so no clip of the n-clip splits changes.
-    extra_counts = per_task_counts(extra_train) if extra_train else {}
-    plan += [("train", task, per_task_counts(n)[task] + j) for task, k in extra_counts.items() for j in range(k)]
+    # Extra training, then validation clips continue each task's indices, so no clip of the n-clip splits
+    # (nor any training clip when validation clips are added) changes.
+    first_index = per_task_counts(n)
+    for split, count in (("train", extra_train), ("validation", extra_validation)):
+        for task, k in (per_task_counts(count) if count else {}).items():
+            plan += [(split, task, first_index[task] + j) for j in range(k)]
+            first_index[task] += k
     raw: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    extra_raw: list[dict] = []
+    extra_raw: dict[str, list[dict]] = {s: [] for s in SPLITS}
     pretraining = {CAPTION_TASK: ("caption", captions), MOTION_CAPTION_TASK: ("motion_caption", motion_captions)}
     extra: dict[str, dict[str, list[dict]]] = {t: {s: [] for s in SPLITS} for t in (CONTROL_TASK, *pretraining)}
     for split, task, i in tqdm(plan, desc="synth", unit="clip", disable=not progress):
@@ -587,19 +595,21 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
             "answers": clip.answers, "system": None,
             "meta": {"seed": seed, "index": i, "split": split, **clip.meta},
         }
-        is_extra = task in extra_counts and i >= counts_by_task[task]
-        (extra_raw if is_extra else extra[task][split] if task in extra else raw[split]).append(
+        is_extra = task in TASKS and i >= counts_by_task[task]
+        (extra_raw[split] if is_extra else extra[task][split] if task in extra else raw[split]).append(
             validate_raw(sample, where=sample_id))
     raw_control = extra[CONTROL_TASK]
     stats: dict = {"seed": seed, "n": n, "size": size, "control": control, "captions": captions,
-                   "motion_captions": motion_captions, "extra_train": extra_train, "splits": {}, "tasks": {}}
+                   "motion_captions": motion_captions, "extra_train": extra_train, "extra_validation": extra_validation,
+                   "splits": {}, "tasks": {}}
     for split in SPLITS:
-        extras = extra_raw if split == "train" else []
+        extras = extra_raw[split]
         write_jsonl(out / "raw" / f"{split}.jsonl", raw[split] + extras)
         sft_stats: Counter = Counter()
         sft = build_records("sft", raw[split], 1.0, sft_stats)
         if split == "train":
-            sft += build_records("sft", raw_control[split], 1.0) + build_records("sft", extras, 1.0, sft_stats)
+            sft += build_records("sft", raw_control[split], 1.0)
+        sft += build_records("sft", extras, 1.0, sft_stats)
         write_jsonl(out / "sft" / f"{split}.jsonl", sft)
         write_jsonl(out / "rl" / f"{split}.jsonl", build_records("rl", raw[split] + extras, 1.0))
         write_jsonl(out / "bench" / f"{split}.jsonl", [to_reference(s) for s in raw[split] + extras])
@@ -617,7 +627,7 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
                 stats["splits"][split][f"{name}_clips"] = len(clips)
     for task in TASKS:
         task_stats: Counter = Counter()
-        clips = [s for split in SPLITS for s in raw[split] + (extra_raw if split == "train" else [])]
+        clips = [s for split in SPLITS for s in raw[split] + extra_raw[split]]
         build_records("sft", [s for s in clips if s["task"] == task], 1.0, task_stats)
         stats["tasks"][task] = dict(task_stats)
     (out / "README.md").write_text(_card(stats), encoding="utf-8")
@@ -651,6 +661,9 @@ def _card(stats: dict) -> str:
     split_line = ", ".join(f"{s}: {st['clips']} clips" for s, st in stats["splits"].items())
     extra_line = (f", plus {stats['extra_train']} more training clips (`--extra-train`), drawn after them and listed last "
                   "in the train files" if stats.get("extra_train") else "")
+    if stats.get("extra_validation"):
+        extra_line += (f", plus {stats['extra_validation']} more validation clips (`--extra-validation`), drawn after "
+                       "those and listed last in the validation files")
     control = ""
     if stats.get("control"):
         per_split = ", ".join(f"{s}: {st['control_clips']}" for s, st in stats["splits"].items())
@@ -682,7 +695,7 @@ the step's end in EU's words (`the red square moved right`). They are only in
     tasks = "\n".join(f"- **{t}**: {d}." for t, d in _TASK_DOC.items())
     body = f"""\
 Procedural streaming videos with exact ground truth for the seven StreamPro tasks, generated by
-`streampro data synth --n {stats['n']} --seed {stats['seed']} --size {stats['size']}{f" --control {stats['control']}" if stats.get('control') else ""}{f" --captions {stats['captions']}" if stats.get('captions') else ""}{f" --motion-captions {stats['motion_captions']}" if stats.get('motion_captions') else ""}{f" --extra-train {stats['extra_train']}" if stats.get('extra_train') else ""}`. Same seed, same files.
+`streampro data synth --n {stats['n']} --seed {stats['seed']} --size {stats['size']}{f" --control {stats['control']}" if stats.get('control') else ""}{f" --captions {stats['captions']}" if stats.get('captions') else ""}{f" --motion-captions {stats['motion_captions']}" if stats.get('motion_captions') else ""}{f" --extra-train {stats['extra_train']}" if stats.get('extra_train') else ""}{f" --extra-validation {stats['extra_validation']}" if stats.get('extra_validation') else ""}`. Same seed, same files.
 
 Clips are {MIN_DURATION}–{MAX_DURATION} s, {stats['size']}×{stats['size']} px, H.264 at {ENCODE_FPS} fps
 (frame j shows time j/{ENCODE_FPS} s), a few large saturated shapes on a dark background. Answers are
@@ -733,13 +746,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--extra-train", type=int, default=0,
                         help="Also add this many training clips of the seven tasks after the --n clips (validation "
                              "and test unchanged); listed last in the train files.")
+    parser.add_argument("--extra-validation", type=int, default=0,
+                        help="Also add this many validation clips of the seven tasks after those (training and test "
+                             "unchanged); listed last in the validation files.")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
 
 
 def run(args) -> int:
     stats = generate(args.out, n=args.n, seed=args.seed, size=args.size, progress=not args.no_progress,
                      control=args.control, captions=args.captions, motion_captions=args.motion_captions,
-                     extra_train=args.extra_train)
+                     extra_train=args.extra_train, extra_validation=args.extra_validation)
     print(f"StreamPro-Synth -> {args.out}")
     for split, st in stats["splits"].items():
         print(f"  {split}: {st['clips']} clips, {st.get('response_turns', 0)} response turns, "

@@ -374,3 +374,26 @@ def test_extra_training_clips_leave_the_benchmark_and_the_first_records_unchange
     assert "--extra-train 14" in (out / "README.md").read_text()
     with pytest.raises(ValueError, match="--extra-train"):
         generate(tmp_path / "bad", n=7, extra_train=-1)
+
+
+def test_extra_validation_clips_leave_training_and_test_unchanged(tmp_path):
+    """--extra-validation adds validation clips after the extra training clips, listed last in validation files."""
+    out, before = tmp_path / "with_validation", tmp_path / "without"
+    stats = generate(out, n=21, seed=1, size=32, progress=False, control=10, extra_train=7, extra_validation=14)
+    generate(before, n=21, seed=1, size=32, progress=False, control=10, extra_train=7)
+    assert stats["splits"]["validation"]["clips"] == 7 + 14
+    for kind in ("raw", "sft", "rl", "bench"):
+        for split in ("train", "test"):
+            assert (before / kind / f"{split}.jsonl").read_bytes() == (out / kind / f"{split}.jsonl").read_bytes()
+        old = (before / kind / "validation.jsonl").read_text().splitlines()
+        new = (out / kind / "validation.jsonl").read_text().splitlines()
+        assert new[:len(old)] == old, kind
+        extra_ids = [json.loads(line)["id"] for line in new[len(old):]]
+        # indices 0-2: the benchmark's train / validation / test clip, 3: the extra training clip
+        assert sorted(extra_ids) == sorted(f"synth-{t}-{i:05d}" for t in TASKS for i in (4, 5)), kind
+    raw = {json.loads(x)["id"]: json.loads(x) for x in (out / "raw" / "validation.jsonl").read_text().splitlines()}
+    assert raw["synth-TG-00005"]["answers"] == make_clip("TG", 5, seed=1, size=32).answers
+    assert raw["synth-TG-00005"]["meta"]["split"] == "validation"
+    assert "--extra-validation 14" in (out / "README.md").read_text()
+    with pytest.raises(ValueError, match="--extra-validation"):
+        generate(tmp_path / "bad", n=7, extra_validation=-1)

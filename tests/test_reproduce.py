@@ -218,13 +218,13 @@ def test_plain_and_the_recipe_options_set_the_budget(tmp_path, monkeypatch):
 
     monkeypatch.setattr(R, "Run", stop)
     for argv in (["--plain"], ["--plain", "--control-first-steps", "200", "--control-first-loss", "cb_stream"],
-                 ["--no-short-system-prompt", "--caption-steps", "0"], ["--size", "84", "--extra-train", "700"]):
+                 ["--no-short-system-prompt", "--caption-steps", "0"], ["--size", "84", "--extra-train", "700", "--extra-validation", "70"]):
         with pytest.raises(SystemExit, match="stopped"):
             main(["reproduce", "--out", str(tmp_path / "run"), *argv])
     assert budgets[0] == replace(R.FULL, **R.PLAIN_RECIPE)
     assert budgets[1] == replace(R.FULL, **{**R.PLAIN_RECIPE, "control_first_steps": 200, "control_first_loss": "cb_stream"})
     assert budgets[2] == replace(R.FULL, short_system_prompt=False, caption_steps=0, motion_caption_clips=0)
-    assert budgets[3] == replace(R.FULL, size=84, extra_train_clips=700)
+    assert budgets[3] == replace(R.FULL, size=84, extra_train_clips=700, extra_validation_clips=70)
     assert R._run_label({"seed": 1, "budget": asdict(budgets[1])}) == (
         "seed 1, plain recipe, control-first-steps 200, control-first-loss cb_stream")
     assert R._run_label({"seed": 1, "budget": asdict(budgets[2])}) == (
@@ -242,6 +242,8 @@ def test_a_frame_size_off_the_patch_grid_is_refused(tmp_path):
         main(["reproduce", "--out", str(tmp_path / "run"), "--quick", "--size", "70"])
     with pytest.raises(SystemExit, match="--extra-train must be >= 0"):
         main(["reproduce", "--out", str(tmp_path / "run"), "--quick", "--extra-train", "-7"])
+    with pytest.raises(SystemExit, match="--extra-validation must be >= 0"):
+        main(["reproduce", "--out", str(tmp_path / "run"), "--quick", "--extra-validation", "-7"])
     assert not (tmp_path / "run").exists()
 
 

@@ -67,6 +67,10 @@ class Budget:
     # More training clips of the seven tasks, drawn after the n_clips (validation and test unchanged):
     # 4,200 = 600 more per task, 760 in all (docs/reproduce.md, "Tenth session").
     extra_train_clips: int = 4200
+    # More validation clips, drawn after those (training and test unchanged): 560 = 80 more per task, 100 in
+    # all, so that choosing the final model among five is not decided by one or two of 20 clips per task
+    # (docs/reproduce.md, "Eleventh session").
+    extra_validation_clips: int = 560
     # Frame side in px: 84 px = 6x6 patches of 14 px = 9 image tokens per frame, one per cell of the 3x3 grid
     # the shapes move on (56 px = 4 tokens, each a quadrant: the first runs).
     size: int = 84
@@ -136,18 +140,19 @@ FULL = Budget()
 QUICK = replace(FULL, n_clips=21, control_clips=3, text_hidden=64, text_layers=2, text_intermediate=128, vision_hidden=32,
                 vision_heads=2, vision_intermediate=64, sft_steps=3, sft_batch=2, sft_warmup=0, grpo_steps=1,
                 grpo_generations=2, grpo_batch=2, grpo_max_new_tokens=4, eval_max_new_tokens=2, caption_steps=2,
-                caption_clips=3, caption_batch=2, motion_caption_clips=3, control_first_steps=2, extra_train_clips=7)
+                caption_clips=3, caption_batch=2, motion_caption_clips=3, control_first_steps=2, extra_train_clips=7,
+                extra_validation_clips=7)
 # The recipe of the first runs (the paper's stages alone), before the default learned to read the frames.
 PLAIN_RECIPE = {"caption_steps": 0, "motion_caption_clips": 0, "control_first_steps": 0, "control_first_loss": "ce",
                 "centre_image_features": False, "short_system_prompt": False, "tokenizer": "v1", "size": 56,
-                "extra_train_clips": 0}
+                "extra_train_clips": 0, "extra_validation_clips": 0}
 
 
 # Budget fields added after the first runs: a settings.json that lacks one is filled in with what runs
 # from before it did (its stage off: PLAIN_RECIPE; the caption clips and batch, unused then, as the default).
 ADDED_FIELDS = ("control_first_steps", "control_first_loss", "caption_steps", "caption_clips", "caption_batch",
                 "centre_image_features", "short_system_prompt", "motion_caption_clips", "extra_train_clips",
-                "group_by_length", "tokenizer")
+                "group_by_length", "tokenizer", "extra_validation_clips")
 SHORT_SYSTEM_PROMPT = ("You are StreamPro. After each frame answer </Silence>, or </Response> and the answer as soon "
                        "as it is known.")
 
@@ -245,7 +250,8 @@ def build_data(run: Run) -> None:
             b = run.budget
             generate(run.data, n=b.n_clips, seed=run.seed, size=b.size, progress=True, control=b.control_clips,
                      captions=b.caption_clips if b.caption_steps else 0,
-                     motion_captions=b.motion_caption_clips if b.caption_steps else 0, extra_train=b.extra_train_clips)
+                     motion_captions=b.motion_caption_clips if b.caption_steps else 0, extra_train=b.extra_train_clips,
+                     extra_validation=b.extra_validation_clips)
 
 
 def build_init(run: Run) -> None:
@@ -906,6 +912,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extra-train", type=int, dest="extra_train_clips",
                         help="Train on this many more clips of the seven tasks, drawn after the benchmark's "
                              "(validation and test unchanged; default: the budget's).")
+    parser.add_argument("--extra-validation", type=int, dest="extra_validation_clips",
+                        help="Validate (choose the final model and the fixed-time baseline) on this many more clips "
+                             "of the seven tasks, drawn after the extra training clips (training and test "
+                             "unchanged; default: the budget's).")
     parser.add_argument("--tokenizer", choices=("v1", "v2"),
                         help="The tiny tokenizer (default: the budget's, v2 = Synth words whole, digits split like "
                              "Qwen2's; v1 = the first runs').")
@@ -975,6 +985,10 @@ def run(args: argparse.Namespace) -> int:
         if args.extra_train_clips < 0:
             raise SystemExit("streampro reproduce: --extra-train must be >= 0")
         budget = replace(budget, extra_train_clips=args.extra_train_clips)
+    if args.extra_validation_clips is not None:
+        if args.extra_validation_clips < 0:
+            raise SystemExit("streampro reproduce: --extra-validation must be >= 0")
+        budget = replace(budget, extra_validation_clips=args.extra_validation_clips)
     if args.control_first_steps is not None:
         if args.control_first_steps < 0 or (args.control_first_steps and not budget.control_clips):
             raise SystemExit("streampro reproduce: --control-first-steps must be >= 0 and needs control clips")
