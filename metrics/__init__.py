@@ -2,10 +2,12 @@
 
 ``streampro.metrics.f1`` holds the maths and the list of decisions (D1-D11),
 ``streampro.metrics.judges`` the accuracy judges, ``streampro.metrics.schema`` the reference /
-prediction formats, ``streampro.metrics.segments`` the TG segment parser. The ``evaluate``
-module in ``metrics/streampro_f1/`` and the ``streampro score`` command are thin wrappers.
+prediction formats, ``streampro.metrics.segments`` the TG segment parser,
+``streampro.metrics.bootstrap`` bootstrap intervals for W-Avg F1 and paired differences. The
+``evaluate`` module in ``metrics/streampro_f1/`` and the ``streampro score`` command are thin wrappers.
 """
 
+from streampro.metrics.bootstrap import paired_difference_interval, w_avg_interval
 from streampro.metrics.f1 import (
     DIMENSIONS,
     TASK_SPECS,
@@ -36,6 +38,8 @@ from streampro.metrics.schema import (
 from streampro.metrics.segments import parse_segment, temporal_iou
 
 __all__ = [
+    "paired_difference_interval",
+    "w_avg_interval",
     "DIMENSIONS",
     "JUDGES",
     "TASKS",

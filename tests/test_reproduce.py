@@ -37,8 +37,19 @@ def test_quick_reproduce_writes_every_row_and_resumes(tmp_path, capsys):
     assert sorted(summary["control_f1"]) == sorted(expected)
     control_refs = (out / "data" / "bench" / "control_test.jsonl").read_text()
     assert "synth-CC-" in control_refs and "synth-CC-" not in (out / "data" / "bench" / "test.jsonl").read_text()
+    # Bootstrap intervals of each model's test W-Avg, and the paper's claims as paired differences.
+    intervals = summary["test_intervals"]
+    for m in models:
+        low, high = intervals["w_avg"][m]
+        assert low - 1e-9 <= summary["rows"][m]["w_avg_f1"] <= high + 1e-9, m
+    pairs = [(d["a"], d["b"]) for d in intervals["differences"]]
+    assert pairs == [("sft-cb_stream", "sft-focal"), ("sft-focal", "sft-ce"), ("sft-cb_stream", "sft-ce"),
+                     *summary["grpo_starts"].items()]
+    for d in intervals["differences"]:
+        gap = summary["rows"][d["a"]]["w_avg_f1"] - summary["rows"][d["b"]]["w_avg_f1"]
+        assert d["difference"] == pytest.approx(gap) and d["low"] <= d["difference"] + 1e-9 <= d["high"] + 2e-9
     table = (out / "results.md").read_text()
-    assert "## Control task" in table
+    assert "## Control task" in table and "## How much of this is the test clips" in table
     for name in expected:
         assert f"| {name}" in table
     assert (out / "plots" / "reproduce_task_f1.png").stat().st_size > 0

@@ -544,6 +544,29 @@ def _results(run: Run, model: str, split: str) -> dict:
     return json.loads((run.eval_dir(model, split) / "report.json").read_text())["results"]
 
 
+def _per_sample(run: Run, model: str, split: str) -> list[dict]:
+    """Per-sample P / R / F1 of one model on one split (``report.json``), for the bootstrap intervals."""
+    return json.loads((run.eval_dir(model, split) / "report.json").read_text())["per_sample"]
+
+
+# The paper's claims as paired comparisons on the same test clips: CB-Stream >= focal >= CE, GRPO >= SFT.
+LOSS_PAIRS = (("sft-cb_stream", "sft-focal"), ("sft-focal", "sft-ce"), ("sft-cb_stream", "sft-ce"))
+
+
+def test_intervals(run: Run, starts: dict[str, str]) -> dict:
+    """How much of the test table is the 20 clips per task: a bootstrap interval of each model's W-Avg,
+    and paired intervals of the differences the paper claims (each GRPO model against its SFT start)."""
+    from streampro.metrics import paired_difference_interval, w_avg_interval
+
+    per_sample = {m: _per_sample(run, m, "test") for m in run.models}
+    pairs = [p for p in (*LOSS_PAIRS, *starts.items()) if p[0] in per_sample and p[1] in per_sample]
+    return {
+        "w_avg": {m: list(w_avg_interval(s)) for m, s in per_sample.items()},
+        "differences": [{"a": a, "b": b, **paired_difference_interval(per_sample[a], per_sample[b])}
+                        for a, b in pairs],
+    }
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -628,6 +651,7 @@ def collect(run: Run, baseline: dict) -> dict:
     return {
         "rows": rows,
         "grpo_starts": starts,
+        "test_intervals": test_intervals(run, starts),
         "control_f1": control,
         "caption_validation_f1": captions,
         "motion_caption_validation_f1": motion,
@@ -676,6 +700,15 @@ def format_results(summary: dict) -> str:
         cells = [f"{_fmt(r.get(f'{t}_f1'))} / {_fmt(s.get(f'{t}_f1'))}{' ✓' if w.get(t) else ''}" for t in TASKS]
         lines.append(f"| {model} (plain / shuffled) | " + " | ".join(cells)
                      + f" | {_fmt(r.get('w_avg_f1'))} / {_fmt(s.get('w_avg_f1'))} | {sum(w.values())} of {len(w)} |")
+    if summary.get("test_intervals"):
+        intervals = summary["test_intervals"]
+        lines += ["", "## How much of this is the test clips (bootstrap, 95 %)", "",
+                  "Each task's test clips resampled with replacement (10,000 draws). Test W-Avg [interval]: "
+                  + ", ".join(f"{m} {_fmt(rows[m].get('w_avg_f1'))} [{_fmt(lo)}, {_fmt(hi)}]"
+                              for m, (lo, hi) in intervals["w_avg"].items()) + ".", "",
+                  "| comparison (same clips, paired) | W-Avg difference | 95 % interval |", "|---|---|---|"]
+        lines += [f"| {d['a']} − {d['b']} | {d['difference']:+.1f} | [{d['low']:+.1f}, {d['high']:+.1f}] |"
+                  for d in intervals["differences"]]
     if summary.get("control_f1"):
         c = summary["control_f1"]
         lines += ["", "## Control task: \"the screen changes colour\" (trained on; not one of the seven, not in W-Avg)",
