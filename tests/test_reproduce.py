@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
+import time
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -303,3 +308,43 @@ def test_negative_caption_steps_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="--motion-captions must be >= 0 and needs the caption stage"):
         main(["reproduce", "--out", str(tmp_path / "run"), "--quick", "--caption-steps", "0", "--motion-captions", "9"])
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_stage_workers_die_with_a_killed_parent(tmp_path):
+    """A killed run must not leave --jobs workers training on: a resumed run would race them."""
+    pid_file, script = tmp_path / "worker.pid", tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing, os, sys, time
+        from concurrent.futures import ProcessPoolExecutor
+        from streampro.reproduce import _die_with_parent
+
+        def work(path):
+            with open(path, "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(120)
+
+        if __name__ == "__main__":
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+                pool.submit(work, sys.argv[1]).result()
+    """))
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    deadline = time.monotonic() + 60
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    worker = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+
+    def alive(pid: int) -> bool:
+        status = Path(f"/proc/{pid}/status")
+        try:
+            return "\tZ" not in next(line for line in status.read_text().splitlines() if line.startswith("State:"))
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(worker)

@@ -36,7 +36,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
+import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -449,6 +451,18 @@ def _stage_worker(out: Path, budget: Budget, seed: int, quick: bool, models: tup
     PARALLEL_STAGES[stage](Run(out, budget, seed, quick, models), *args)
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: a killed ``reproduce`` takes its workers with it (on Linux), so an orphan never
+    trains on, or races a resumed run writing, the same stage folder."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(1)
+
+
 def run_stages(run: Run, jobs: int, stage: str, calls: list[tuple]) -> None:
     """``stage(run, *args)`` for each args in ``calls``: in order, or in ``jobs`` parallel processes.
 
@@ -463,7 +477,8 @@ def run_stages(run: Run, jobs: int, stage: str, calls: list[tuple]) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(min(jobs, len(calls)), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(min(jobs, len(calls)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_stage_worker, run.out, run.budget, run.seed, run.quick, run.models, stage, args)
                    for args in calls]
         for future in futures:
