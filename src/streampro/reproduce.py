@@ -554,26 +554,25 @@ def evaluate(run: Run, model: str, split: str, shuffle: bool = False, max_new_to
 PARALLEL_STAGES = {"sft": train_sft, "grpo": train_grpo, "evaluate": evaluate}
 
 
+def _report(run: Run, model: str, split: str) -> dict:
+    """``streampro evaluate``'s report for one model on one (possibly shuffled) split."""
+    return json.loads((run.eval_dir(model, split) / "report.json").read_text())
+
+
 def _results(run: Run, model: str, split: str) -> dict:
-    """The ``results`` of ``streampro evaluate``'s report for one model on one (possibly shuffled) split."""
-    return json.loads((run.eval_dir(model, split) / "report.json").read_text())["results"]
-
-
-def _per_sample(run: Run, model: str, split: str) -> list[dict]:
-    """Per-sample P / R / F1 of one model on one split (``report.json``), for the bootstrap intervals."""
-    return json.loads((run.eval_dir(model, split) / "report.json").read_text())["per_sample"]
+    return _report(run, model, split)["results"]
 
 
 # The paper's claims as paired comparisons on the same test clips: CB-Stream >= focal >= CE, GRPO >= SFT.
 LOSS_PAIRS = (("sft-cb_stream", "sft-focal"), ("sft-focal", "sft-ce"), ("sft-cb_stream", "sft-ce"))
 
 
-def test_intervals(run: Run, starts: dict[str, str]) -> dict:
+def bootstrap_intervals(run: Run, starts: dict[str, str]) -> dict:
     """How much of the test table is the 20 clips per task: a bootstrap interval of each model's W-Avg,
     and paired intervals of the differences the paper claims (each GRPO model against its SFT start)."""
     from streampro.metrics import paired_difference_interval, w_avg_interval
 
-    per_sample = {m: _per_sample(run, m, "test") for m in run.models}
+    per_sample = {m: _report(run, m, "test")["per_sample"] for m in run.models}
     pairs = [p for p in (*LOSS_PAIRS, *starts.items()) if p[0] in per_sample and p[1] in per_sample]
     return {
         "w_avg": {m: list(w_avg_interval(s)) for m, s in per_sample.items()},
@@ -666,7 +665,7 @@ def collect(run: Run, baseline: dict) -> dict:
     return {
         "rows": rows,
         "grpo_starts": starts,
-        "test_intervals": test_intervals(run, starts),
+        "test_intervals": bootstrap_intervals(run, starts),
         "control_f1": control,
         "caption_validation_f1": captions,
         "motion_caption_validation_f1": motion,
