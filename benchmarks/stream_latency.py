@@ -84,7 +84,7 @@ def main() -> None:
     from PIL import Image
 
     from streampro.backbones import build_tiny_backbone
-    from streampro.naive_stream import naive_generate_stream
+    from streampro.testing.naive_stream import naive_generate_stream
 
     if args.quick:
         args.frames = min(args.frames, 600)

@@ -6,7 +6,7 @@ Run::
 
 - **sft**: one streaming conversation per raw sample (:func:`build_sft_record`): one turn per
   sampled frame, the question on its turn, each response on the turn of its best response time
-  t* (METHOD §2), every other turn silent. The model engineer's collator consumes these records.
+  t* (docs/method.md §2), every other turn silent. The model engineer's collator consumes these records.
 - **rl**: the question, the ground-truth answers (reference format) and a ``rubric`` slot (null
   until a rubric writer fills it).
 - **bench**: the metric's reference JSONL (:func:`~streampro.dataset_scripts.schema.to_reference`).

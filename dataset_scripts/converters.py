@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 _NO_REPLY = "NO REPLY"
 # DoTA annotates frame indices at this rate (its README).
 DOTA_FPS = 10.0
-# RF: warn this many seconds before the hazard materialises (METHOD §2).
+# RF: warn this many seconds before the hazard materialises (docs/method.md §2).
 RF_LEAD_SECONDS = 3.0
 
 QUESTIONS = {

@@ -1,4 +1,4 @@
-"""Trajectory rubrics for GRPO (METHOD §5): ``streampro data rubrics RL_SAMPLES OUT --endpoint URL --model NAME``.
+"""Trajectory rubrics for GRPO (docs/method.md §5): ``streampro data rubrics RL_SAMPLES OUT --endpoint URL --model NAME``.
 
 An LLM on an OpenAI-compatible ``/chat/completions`` endpoint writes, per RL sample, 6-10 binary
 rubric items from the question and the timed ground truth: assertive, sample-specific statements
@@ -78,7 +78,7 @@ def validate_rubric(rubric, where: str = "rubric") -> list[dict]:
         )
     if not MIN_ITEMS <= len(rubric) <= MAX_ITEMS:
         raise RubricError(
-            f"{where}: has {len(rubric)} items; a rubric has {MIN_ITEMS}-{MAX_ITEMS} items (METHOD §5)"
+            f"{where}: has {len(rubric)} items; a rubric has {MIN_ITEMS}-{MAX_ITEMS} items (docs/method.md §5)"
         )
     ids = set()
     for j, item in enumerate(rubric):

@@ -10,7 +10,7 @@ per line of a ``*.jsonl`` file)::
      "system": null, "meta": {...}}
 
 It is a superset of the metric's reference format (issue 4); :func:`to_reference` gives that view.
-Answers carry ``time`` (the best response time t* of METHOD §2) for the timestamp tasks OU, AA,
+Answers carry ``time`` (the best response time t* of docs/method.md §2) for the timestamp tasks OU, AA,
 GP, RF, and ``start``/``end`` for EU/TP (the event span) and TG (the segment; t* is its end).
 ``system`` (optional) overrides the model's default system prompt; ``meta`` (optional) keeps
 source-specific facts (e.g. ``duration_estimated``) and never reaches the built datasets.

@@ -12,7 +12,7 @@ closed vocabulary, so the ``exact`` judge is meaningful and a tiny CPU model can
 Timing: every event happens at a whole second t. A clip is encoded at ``ENCODE_FPS`` frames per
 second, frame j showing the scene at time j / ENCODE_FPS, so the 1-fps frame of turn k (displayed at
 k + 1 s) shows the scene at exactly k + 1 s; a change at t* is first visible on turn t* − 1, which
-is where ``turn_index_for_time(t*)`` puts the response. t* per task (METHOD §2): OU the change, AA
+is where ``turn_index_for_time(t*)`` puts the response. t* per task (docs/method.md §2): OU the change, AA
 the anomaly onset, EU/TP the end of the event span, TG the segment end (answer ``"Ss - Es"``), GP the
 completion of the previous step, RF impact − 3 s (constant walking speed ``RF_SPEED`` px/s).
 
@@ -40,7 +40,7 @@ ENCODE_FPS = 2  # frames per second in the files; the 1-fps samples fall on even
 MIN_DURATION, MAX_DURATION = 12, 24  # seconds
 SPLITS = ("train", "validation", "test")
 RF_SPEED = 5.0  # px/s at 112 px: the walker is 3 * RF_SPEED px from impact at the warning time
-RF_LEAD = 3  # seconds between the warning and the impact (METHOD §2)
+RF_LEAD = 3  # seconds between the warning and the impact (docs/method.md §2)
 
 BACKGROUND = (24, 24, 32)
 COLORS = {
@@ -419,7 +419,7 @@ def make_rf(canvas: Canvas, rng: np.random.Generator) -> Clip:
                 render, {"obstacle": obstacle, "impact_time": t_imp, "speed_px_s": speed, "start_time": t0})
 
 
-# The easy control task of LEARNING.md ("the screen changes colour"): trained on to switch vision on,
+# The easy control task ("the screen changes colour", docs/method.md §6): trained on to switch vision on,
 # reported on its own, never one of the seven tasks' splits or their W-Avg. Its references carry
 # task "OU" (an object-understanding change, scored with OU's window) and ids ``synth-CC-*``.
 CONTROL_TASK = "CC"
@@ -671,7 +671,7 @@ def _card(stats: dict) -> str:
 ## Control task (not one of the seven)
 `--control {stats['control']}` added clips of an easy control task ({per_split}): the whole screen
 changes from one dimmed tint to another (`the screen turned green`), asked as "Tell me when the
-screen changes colour." (LEARNING.md: such a task switches a tiny model's vision on). Their
+screen changes colour." (such a task switches a tiny model's vision on). Their
 training clips are part of `sft/train.jsonl`; all of them are also in `raw|bench/control_{{split}}.jsonl`
 (references with task `OU`, scored with OU's window, ids `synth-CC-*`) to be reported on their own.
 They are in no other file, so the seven tasks' splits, RL data and benchmarks are unchanged.

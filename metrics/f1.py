@@ -1,4 +1,4 @@
-"""StreamPro-F1 (METHOD §3) and the turn-level reward (METHOD §5) as plain functions.
+"""StreamPro-F1 (docs/method.md §3) and the turn-level reward (docs/method.md §5) as plain functions.
 
 These work without ``evaluate``: the ``evaluate`` module, the ``streampro score`` command and
 the GRPO rewards all call them. Every choice the paper leaves open is listed here, so it can be
@@ -6,7 +6,7 @@ found and changed in one place (docs/metric.md repeats the list).
 
 Decisions
 ---------
-D1  Windows and τ per task are :data:`TASK_SPECS` (METHOD §2 table). Windows are inclusive at
+D1  Windows and τ per task are :data:`TASK_SPECS` (docs/method.md §2 table). Windows are inclusive at
     both ends; :data:`TIME_EPS` absorbs float rounding (2.9999999 s is inside a window at 3 s).
 D2  Interval tasks (EU, TP): Δt = 0 inside [s, e], else the distance to the nearer end; the
     window is [s, e + 3]. Timestamp tasks: Δt = |t_p − t*|.
@@ -24,7 +24,7 @@ D6  F1 matching is prediction-first and greedy: each prediction goes to the firs
     in N_pred.
 D7  Per sample: P = ΣS / N_pred, R = ΣS / N_gt, F1 = 2PR / (P + R); all three are 0 when there
     are no predictions, F1 is 0 when P + R = 0.
-D8  Aggregation (METHOD §3 Decision): P, R, F1 per sample, averaged per task. A task's Time and
+D8  Aggregation (docs/method.md §3 Decision): P, R, F1 per sample, averaged per task. A task's Time and
     Acc are means over all its ground-truth items (pooled across samples) of the kept match's
     S_time and S_acc, 0 when unmatched. A dimension's F1 is the mean over its samples (the
     sample-weighted mean of its tasks); ``avg_f1`` is the plain mean of the dimensions present;
@@ -291,7 +291,7 @@ def streampro_f1_sample(
 def turn_level_reward(
     predictions: list[dict], reference: dict, judge: str | Judge = "lexical", tau: float = TURN_TAU
 ) -> float:
-    """R_turn of METHOD §5 (D10), in [0, 2]. Raises :class:`JudgeError` if the judge failed
+    """R_turn of docs/method.md §5 (D10), in [0, 2]. Raises :class:`JudgeError` if the judge failed
     (a GRPO reward should then return ``None`` for that completion, not 0)."""
     ref, preds = _parse_inputs(predictions, reference)
     (acc,) = score_accuracy([(ref, preds, turn_candidates(ref, preds, tau))], judge)

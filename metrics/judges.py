@@ -1,4 +1,4 @@
-"""Answer-accuracy judges: S_acc of METHOD §3 for a (question, predicted answer, reference answer).
+"""Answer-accuracy judges: S_acc of docs/method.md §3 for a (question, predicted answer, reference answer).
 
 Every judge has one method, ``score_batch(requests) -> list[float | JudgeFailure]``: a score in
 [0, 1] per request, or a :class:`JudgeFailure` when it could not score (never a silent 0). The
@@ -11,7 +11,7 @@ metric batches all requests of a run into one call, and the GRPO rewards can do 
 - ``embedding``: cosine similarity of WordLlama sentence embeddings (a 16 MB model inside the
   ``wordllama`` wheel, loaded offline), thresholded onto the 0-5 scale by
   :data:`EMBEDDING_THRESHOLDS`, then divided by 5. Also an uncalibrated approximation.
-- ``llm``: the paper's protocol (METHOD §3) on any OpenAI-compatible chat endpoint. Score =
+- ``llm``: the paper's protocol (docs/method.md §3) on any OpenAI-compatible chat endpoint. Score =
   integer 0-5 / 5. Retries with exponential backoff on timeouts, connection errors, 429 and 5xx;
   up to ``max_concurrency`` requests in flight; a persistent SQLite cache keyed by model, prompt
   version and the three texts, so re-scoring makes no calls and an interrupted run resumes.

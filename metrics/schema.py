@@ -6,7 +6,7 @@ A **reference** is one benchmark sample::
      "video": "v1.mp4", "duration": 120.0,
      "answers": [{"text": "...", "start": 10.0, "end": 14.0}, ...]}
 
-Each answer carries ``"time"`` (the best response time t* of METHOD §2: for GP the previous
+Each answer carries ``"time"`` (the best response time t* of docs/method.md §2: for GP the previous
 step's completion, for RF the warning time) for OU / AA / GP / RF, or ``"start"`` and ``"end"``
 for EU / TP (the event span) and TG (the ground-truth segment, whose end is t*).
 
@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 
 TASKS = ("EU", "OU", "AA", "TP", "TG", "GP", "RF")
-# Tasks whose answers are event spans [start, end] (interval-aware Δt, METHOD §3).
+# Tasks whose answers are event spans [start, end] (interval-aware Δt, docs/method.md §3).
 INTERVAL_TASKS = frozenset({"EU", "TP"})
 # Temporal Grounding: the answer is a segment; t* is its end; accuracy is temporal IoU.
 SEGMENT_TASKS = frozenset({"TG"})

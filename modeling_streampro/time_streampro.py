@@ -1,4 +1,4 @@
-"""StreamPro's time convention (METHOD §1): the one place that maps times to turns.
+"""StreamPro's time convention (docs/method.md §1): the one place that maps times to turns.
 
 Self-contained Hub remote code with no torch import, so data tools and CLIs can use it cheaply.
 

@@ -24,7 +24,7 @@ from streampro.modeling_streampro.time_streampro import num_turns, turn_index_fo
 
 logger = logging.getLogger(__name__)
 
-# The Space streams at 1 fps, the rate the model is trained at (METHOD §1).
+# The Space streams at 1 fps, the rate the model is trained at (docs/method.md §1).
 FPS = 1.0
 ALLOWED_FORMATS = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 # Frames are downscaled to at most this many pixels before the processor sees them: the
@@ -374,7 +374,7 @@ class LiveSession:
 
 
 def score_clip(predictions: list[dict], reference: dict, judge: str = "lexical"):
-    """StreamPro-F1 of this clip's responses against one reference (METHOD §3)."""
+    """StreamPro-F1 of this clip's responses against one reference (docs/method.md §3)."""
     from streampro.metrics import streampro_f1_sample
 
     if judge not in SPACE_JUDGES:

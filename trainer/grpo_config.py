@@ -1,7 +1,7 @@
 """Configuration of StreamPro GRPO: the trainer config (``StreamProGRPOConfig``) and the script's data/model arguments.
 
 ``StreamProGRPOConfig`` subclasses TRL's ``GRPOConfig`` and declares only new or re-defaulted
-fields (METHOD §5: G = 8 rollouts at temperature 1.0, lr 1e-6, reward weights 0.1 / 0.45 / 0.45,
+fields (docs/method.md §5: G = 8 rollouts at temperature 1.0, lr 1e-6, reward weights 0.1 / 0.45 / 0.45,
 turn τ = 8). ``GRPOScriptArguments`` holds what ``trainer/grpo.py`` needs to build the model and
 the data. A recipe YAML may use any field of both (and TRL's ``ModelConfig``); ``TrlParser``
 rejects unknown keys.
@@ -19,7 +19,7 @@ from trl import GRPOConfig
 
 @dataclass
 class StreamProGRPOConfig(GRPOConfig):
-    """``GRPOConfig`` plus the streaming-rollout and multi-grained reward options (METHOD §5).
+    """``GRPOConfig`` plus the streaming-rollout and multi-grained reward options (docs/method.md §5).
 
     Re-defaulted: ``learning_rate`` 1e-6, ``temperature`` 1.0 and ``num_generations`` 8 (the
     paper's), ``loss_type`` "grpo", ``logging_steps`` 1, ``max_completion_length`` None (a
@@ -206,7 +206,7 @@ class StreamProGRPOConfig(GRPOConfig):
             )
         if self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(
-                "only multi_objective_aggregation='sum_then_normalize' is supported (R = Σ w_i R_i, METHOD §5)"
+                "only multi_objective_aggregation='sum_then_normalize' is supported (R = Σ w_i R_i, docs/method.md §5)"
             )
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must be False: the rewards read the RL-sample columns")

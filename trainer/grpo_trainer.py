@@ -14,7 +14,7 @@ optional KL term and every loss statistic over policy tokens only, with a full-s
 whose log-probabilities equal the streaming loop's (M-RoPE positions are the same; the trainer
 logs the largest difference as ``rollout/logp_diff_max``).
 
-Overridden methods (pinned to trl==1.16.0; tests/test_grpo_contract.py fails loudly on drift):
+Overridden methods (pinned to trl==1.16.0; tests/trainer/test_grpo_contract.py fails loudly on drift):
 
 - ``__init__``: builds the reward functions from the config (format, turn-level F1, rubric with
   weights 0.1 / 0.45 / 0.45) and checks the processor.
@@ -97,7 +97,7 @@ class Rollout:
 
 
 class StreamProGRPOTrainer(GRPOTrainer):
-    """GRPO over whole streaming trajectories (METHOD §5); see the module docstring for the design.
+    """GRPO over whole streaming trajectories (docs/method.md §5); see the module docstring for the design.
 
     ``args`` must be a :class:`~streampro.trainer.grpo_config.StreamProGRPOConfig`,
     ``processing_class`` a ``StreamProProcessor``, ``train_dataset`` RL samples (``id``, ``task``,

@@ -1,4 +1,4 @@
-"""GRPO rewards for whole streaming trajectories (METHOD §5), as plain functions TRL can call.
+"""GRPO rewards for whole streaming trajectories (docs/method.md §5), as plain functions TRL can call.
 
 R(Y) = w_fmt · R_fmt + w_turn · R_turn + w_traj · R_traj, weights 0.1 / 0.45 / 0.45 by default
 (``StreamProGRPOConfig.format_weight`` / ``turn_weight`` / ``traj_weight``).
@@ -112,7 +112,7 @@ def format_reward(
 
 
 class TurnF1Reward:
-    """R_turn of METHOD §5 through the metric's :func:`~streampro.metrics.turn_level_rewards`.
+    """R_turn of docs/method.md §5 through the metric's :func:`~streampro.metrics.turn_level_rewards`.
 
     One judge batch for all completions of a step; ``None`` where the judge failed (logged by the
     judge and counted here). ``judge`` is a metric judge name (``lexical``, ``embedding``, ``llm``,

@@ -19,7 +19,7 @@ LOSS_TYPES = ("cb_stream", "focal", "ce")
 
 @dataclass
 class StreamProSFTConfig(SFTConfig):
-    """``SFTConfig`` plus the streaming-decision loss options (METHOD §4).
+    """``SFTConfig`` plus the streaming-decision loss options (docs/method.md §4).
 
     Re-defaulted: ``learning_rate`` 1e-5 (the paper's), ``remove_unused_columns=False`` and
     ``dataset_kwargs={"skip_prepare_dataset": True}`` (records go untouched to the streaming
@@ -31,7 +31,7 @@ class StreamProSFTConfig(SFTConfig):
         default="cb_stream",
         metadata={
             "help": "Token loss: 'cb_stream' (class-balanced decision weights from the effective number of samples, "
-            "language tokens weighted by text_weight; METHOD §4), 'focal' (Streamo's focal loss on decision tokens), "
+            "language tokens weighted by text_weight; docs/method.md §4), 'focal' (Streamo's focal loss on decision tokens), "
             "or 'ce' (plain mean cross-entropy over supervised tokens).",
             "choices": list(LOSS_TYPES),
         },

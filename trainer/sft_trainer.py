@@ -1,4 +1,4 @@
-"""StreamPro SFT trainer: TRL's ``SFTTrainer`` with the CB-Stream loss (METHOD §4) and its baselines.
+"""StreamPro SFT trainer: TRL's ``SFTTrainer`` with the CB-Stream loss (docs/method.md §4) and its baselines.
 
 The only change to the training computation w.r.t. ``SFTTrainer`` is ``compute_loss``: per-token
 weights on TRL's fused per-token log-probabilities (``model(**inputs, fused_lm_head=True)``, no
@@ -30,7 +30,7 @@ PROJECTOR_PREFIXES = ("merger", "deepstack_merger_list")
 
 
 def cb_stream_class_weights(counts: torch.Tensor | Sequence[int], beta: float = 0.9999) -> torch.Tensor:
-    """CB-Stream class weights from per-class token counts (METHOD §4).
+    """CB-Stream class weights from per-class token counts (docs/method.md §4).
 
     E_k = (1 − β^{n_k}) / (1 − β);  ŵ_k = [(1/E_k) / Σ_{j∈S} (1/E_j)] · |S|, over the classes S
     present (n_k > 0). Absent classes get weight 0 and are left out of the sum; a batch with a
@@ -162,7 +162,7 @@ class StreamProSFTTrainer(SFTTrainer):
         logger.info("resumed model weights from %s", resume_from_checkpoint)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Weighted NLL on fused log-probs: Σ_i w_i · (−log p_i) / N (METHOD §4)."""
+        """Weighted NLL on fused log-probs: Σ_i w_i · (−log p_i) / N (docs/method.md §4)."""
         mode = "train" if self.model.training else "eval"
         args = self.args
         inputs["use_cache"] = False

@@ -83,7 +83,7 @@ def _arrow_ready(reference, index):
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class StreamproF1(evaluate.Metric):
-    """StreamPro-F1 (METHOD §3); see streampro.metrics.f1 for the decisions it implements."""
+    """StreamPro-F1 (docs/method.md §3); see streampro.metrics.f1 for the decisions it implements."""
 
     def _info(self):
         return evaluate.MetricInfo(

@@ -1,6 +1,6 @@
 """Two numerically equivalent CPU speed-ups for transformers' Qwen2.5-VL vision tower (opt-in).
 
-Measured in ``../shared/notes/LEARNING.md``: on CPU the vision tower of a tiny model was ~60 % of
+On CPU the vision tower of a tiny model is ~60 % of
 a training step, for two reasons that have nothing to do with the maths:
 
 1. ``Qwen2_5_VisionPatchEmbed`` runs a Conv3d whose kernel equals its stride, i.e. a plain matrix
@@ -12,7 +12,7 @@ a training step, for two reasons that have nothing to do with the maths:
 :func:`apply_cpu_speedups` replaces the ``forward`` of those module *instances* in one model
 (the weights, their names and the saved checkpoint are untouched; the remote-code model files are
 not modified). It is applied explicitly, e.g. by ``streampro reproduce``; nothing calls it
-silently. ``tests/test_cpu_speedups.py`` checks the outputs and gradients match the original
+silently. ``tests/modeling/test_cpu_speedups.py`` checks the outputs and gradients match the original
 (max abs diff ≤ 1e-5). Qwen3-VL's tower is left alone (a different module family).
 """
 

@@ -415,7 +415,7 @@ def caption_splits(run: Run) -> list[str]:
 def train_control_first(run: Run) -> None:
     """The curriculum stage (``control_first_steps`` > 0): the control clips alone, from the init (or captions).
 
-    An easy task where the frames decide everything switches vision on (LEARNING.md); whether the mixed
+    An easy task where the frames decide everything switches vision on (docs/method.md §6); whether the mixed
     SFT run does so by itself depended on the seed (docs/reproduce.md, "Seed replicates"). Shared by the
     three losses, like the init, so their comparison still starts from one model.
     """
@@ -530,7 +530,7 @@ CAPTION_MAX_NEW_TOKENS = 48
 
 def evaluate(run: Run, model: str, split: str, shuffle: bool = False, max_new_tokens: int | None = None) -> Path:
     """``streampro evaluate`` (exact judge) of one model on one split; resumable by the harness."""
-    from streampro.evaluation import cli as eval_cli
+    from streampro.cli import evaluate as eval_cli
 
     name = f"{split}-shuffled" if shuffle else split
     out = run.eval_dir(model, name)

@@ -565,7 +565,7 @@ def encode_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: flo
                     # One thread and x264's cpu-independent mode: byte-identical output. Without the
                     # latter, 3-8 % of encodes of the same frames differed in chroma by 1-2 levels,
                     # depending on what the process had allocated before (see
-                    # tests/test_data_synth.py::test_encoding_does_not_depend_on_earlier_allocations).
+                    # tests/data/test_synth.py::test_encoding_does_not_depend_on_earlier_allocations).
                     stream.options = {"crf": "18", "preset": "veryfast", "threads": "1",
                                       "x264-params": "cpu-independent=1"}
                     stream.codec_context.thread_count = 1  # PyAV otherwise sets 0 (auto), overriding "threads"

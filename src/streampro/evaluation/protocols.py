@@ -5,7 +5,7 @@ SampleOutput`` (predictions ``[{time, text}]`` for StreamPro-F1 plus compact per
 
 - :class:`StreamProProtocol` — a StreamPro checkpoint streamed with its own decision tokens
   (``model.generate_stream``): one decision per frame, ``p_response`` recorded.
-- :class:`DecisionTreeProtocol` — METHOD §3's protocol for plain, offline Qwen2.5-VL / Qwen3-VL
+- :class:`DecisionTreeProtocol` — docs/method.md §3's protocol for plain, offline Qwen2.5-VL / Qwen3-VL
   checkpoints (transformers' own classes, no decision tokens). Frames arrive one by one; before
   the question nothing happens; from the question's turn on, every frame asks the model whether
   the frames so far suffice to answer without guessing. No → "wait". Yes → the model answers,
@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 PROTOCOLS = ("streampro", "decision-tree")
 # Recent frames shown to an offline model at each step of the decision-tree protocol.
 DECISION_TREE_WINDOW = 8
-# The streaming window of METHOD §1 (dialogue turns kept in context).
+# The streaming window of docs/method.md §1 (dialogue turns kept in context).
 STREAMPRO_WINDOW = 200
 
 DECISION_TREE_SYSTEM = (
@@ -184,7 +184,7 @@ def load_baseline(model_dir: str | Path, device: str | torch.device, dtype=None)
 
 
 class DecisionTreeProtocol:
-    """METHOD §3's decision-tree protocol for offline models (decisions in the module docstring)."""
+    """docs/method.md §3's decision-tree protocol for offline models (decisions in the module docstring)."""
 
     name = "decision-tree"
 
@@ -285,5 +285,5 @@ def build_protocol(name: str, model_dir: str | Path | None, *, device, fps: floa
 
 
 def default_window(protocol: str) -> int:
-    """``--window-turns`` when not given: 200 turns (METHOD §1) or the decision-tree frame window."""
+    """``--window-turns`` when not given: 200 turns (docs/method.md §1) or the decision-tree frame window."""
     return STREAMPRO_WINDOW if protocol == "streampro" else DECISION_TREE_WINDOW

@@ -20,7 +20,7 @@ in the context. Memory policies:
   therefore *exactly* a fresh run over the kept turns; between slides the window grows by one
   turn per frame. Cost: one turn per frame plus, every ``evict_turns`` frames, one prefill of
   the kept window.
-* ``"round_decay"`` (StreamBridge, METHOD §7): no turn is dropped while compression can help.
+* ``"round_decay"`` (StreamBridge, docs/method.md §7): no turn is dropped while compression can help.
   When the context exceeds ``token_budget`` tokens, adjacent frame tokens of the oldest turns are
   average-pooled (2x along the longer side of the token grid), oldest turn first, round by round,
   until the context fits in 3/4 of the budget (the slack makes re-prefills periodic instead of

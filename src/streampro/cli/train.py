@@ -1,0 +1,31 @@
+"""``streampro train STAGE ...``: run a training stage script with its own (TRL) argument parser.
+
+    streampro train sft --config recipes/sft/tiny_synth_cpu.yaml [--field value ...]
+
+Everything after the stage name goes unparsed to the stage's ``main(argv)`` (a ``TrlParser``), so
+``streampro train sft --help`` lists every config field. A new stage is one entry in ``STAGES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# stage -> (module with main(argv) -> int, one-line help)
+STAGES: dict[str, tuple[str, str]] = {
+    "sft": ("streampro.trainer.sft", "Supervised fine-tuning with the CB-Stream loss (docs/method.md §4)."),
+    "grpo": ("streampro.trainer.grpo", "GRPO over whole streaming trajectories with multi-grained rewards (docs/method.md §5)."),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name, (_, help_text) in STAGES.items():
+        # '+' as the only prefix char: every '--field' is left for the stage's own TrlParser.
+        sub = stages.add_parser(name, help=help_text, description=help_text, add_help=False, prefix_chars="+")
+        sub.add_argument("stage_args", nargs=argparse.REMAINDER, help="arguments of the stage script (--help lists them)")
+
+
+def run(args) -> int:
+    module = importlib.import_module(STAGES[args.stage][0])
+    return int(module.main(args.stage_args) or 0)
