@@ -8,10 +8,9 @@ import torch
 from streampro.dataset_scripts.collator import RecordError, StreamingSFTCollator
 from streampro.modeling_streampro.processing_streampro import RESPONSE_TOKEN, SILENCE_TOKEN, turn_time
 
-from streampro.backbones import build_tiny_backbone
+from streampro.backbones import BACKBONES, build_tiny_backbone
 from streampro.video import VideoReadError, encode_video
 
-BACKBONES = ("qwen2_5_vl", "qwen3_vl")
 SIZE = 56  # 56 px frames: the tiny image processor's min_pixels, so a handful of image tokens per frame
 
 

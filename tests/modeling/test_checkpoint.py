@@ -2,10 +2,8 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from streampro.modeling_streampro.modeling_streampro import StreamProForConditionalGeneration
 from transformers import (
@@ -18,15 +16,15 @@ from transformers import (
     Qwen2VLImageProcessorPil,
 )
 
-from streampro.backbones import build_image_processor, build_tiny_backbone, build_tiny_tokenizer, tiny_config
+from streampro.backbones import (
+    BACKBONES,
+    build_image_processor,
+    build_tiny_backbone,
+    build_tiny_tokenizer,
+    tiny_config,
+)
 from streampro.cli import main as cli_main
-
-BACKBONES = ["qwen2_5_vl", "qwen3_vl"]
-
-
-def frames(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)) for _ in range(n)]
+from streampro.testing.media import random_frames as frames
 
 
 def model_inputs(processor):
@@ -81,7 +79,10 @@ def test_remote_code_checkpoint_streams(saved):
                                                           max_new_tokens=3, response_threshold=0.5)]
     local = [e.to_dict() for e in tb.model.generate_stream(frames(4), "What happens next?", processor=tb.processor,
                                                             max_new_tokens=3, response_threshold=0.5)]
-    assert remote == local
+    # Same decisions, answers and contexts; p_response to float32 rounding (the loaded model may take
+    # another matmul path than the in-memory one, which moves the last bit or two).
+    assert [{**e, "p_response": None} for e in remote] == [{**e, "p_response": None} for e in local]
+    assert [e["p_response"] for e in remote] == pytest.approx([e["p_response"] for e in local], abs=1e-6)
 
 
 def test_legacy_qwen_key_names_load_correctly(saved, tmp_path):

@@ -1,25 +1,13 @@
 """The streaming engine: KV-cache prefill equals a full forward, generate_stream equals the naive loop, memory policies."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from streampro.backbones import build_tiny_backbone
+from streampro.testing.media import random_frames as frames
 from streampro.testing.naive_stream import naive_generate_stream
 
-BACKBONES = ["qwen2_5_vl", "qwen3_vl"]
 QUESTION = "What happens next?"
-
-
-def frames(n, size=112, seed=0):
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
-
-
-@pytest.fixture(scope="module", params=BACKBONES)
-def tiny(request):
-    return build_tiny_backbone(request.param, streampro=True)
 
 
 @pytest.fixture(scope="module")

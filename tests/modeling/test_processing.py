@@ -1,9 +1,7 @@
 """The streaming turn format: time convention, per-turn vs whole-stream encoding, SFT labels, tiny backbones."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from streampro.modeling_streampro.processing_streampro import (
     DECISION_TOKENS,
     StreamProProcessor,
@@ -14,19 +12,8 @@ from streampro.modeling_streampro.processing_streampro import (
     turn_time,
 )
 
-from streampro.backbones import add_decision_tokens, build_tiny_backbone, build_tiny_tokenizer
-
-BACKBONES = ["qwen2_5_vl", "qwen3_vl"]
-
-
-def frames(n, size=112, seed=0):
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
-
-
-@pytest.fixture(scope="module", params=BACKBONES)
-def tiny(request):
-    return build_tiny_backbone(request.param, streampro=True)
+from streampro.backbones import BACKBONES, add_decision_tokens, build_tiny_backbone, build_tiny_tokenizer
+from streampro.testing.media import random_frames as frames
 
 
 def test_time_convention():

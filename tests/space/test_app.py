@@ -24,18 +24,6 @@ SPACE = ROOT / "space"
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from streampro.backbones import build_tiny_backbone
-
-    d = tmp_path_factory.mktemp("tiny-streampro")
-    # Tiny shapes from the engine's TINY_SIZES; 56*56..112*112 px frames → a few vision tokens per turn.
-    tb = build_tiny_backbone("qwen2_5_vl", seed=0, streampro=True, min_pixels=56 * 56, max_pixels=112 * 112)
-    tb.model.save_pretrained(d)
-    tb.processor.save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def video(tmp_path_factory):
     from streampro.video import encode_video
 
@@ -165,9 +153,8 @@ def test_client_sees_input_errors(served, video):
 
 
 def test_cli_registration_and_arguments(monkeypatch, tiny_dir):
-    from streampro.cli import space as space_cli
-
     from streampro import cli
+    from streampro.cli import space as space_cli
 
     assert cli.COMMANDS["space"][0] == "streampro.cli.space"
     parser = argparse.ArgumentParser()

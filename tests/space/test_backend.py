@@ -17,17 +17,6 @@ FRAME = 64
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from streampro.backbones import build_tiny_backbone
-
-    d = tmp_path_factory.mktemp("tiny-streampro")
-    tb = build_tiny_backbone("qwen2_5_vl", seed=0, streampro=True, min_pixels=56 * 56, max_pixels=112 * 112)
-    tb.model.save_pretrained(d)
-    tb.processor.save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def tiny(tiny_dir):
     return backend.load_model(tiny_dir)
 

@@ -37,14 +37,9 @@ pytestmark = [
 def served(tmp_path_factory):
     from streampro.space.app import build_demo
 
-    from streampro.backbones import build_tiny_backbone
+    from streampro.testing.media import save_tiny_checkpoint
 
-    d = tmp_path_factory.mktemp("tiny-streampro")
-    # Tiny shapes from the engine's TINY_SIZES; 56*56..112*112 px frames → a few vision tokens per turn.
-    tb = build_tiny_backbone("qwen2_5_vl", seed=0, streampro=True, min_pixels=56 * 56, max_pixels=112 * 112)
-    tb.model.save_pretrained(d)
-    tb.processor.save_pretrained(d)
-    demo = build_demo(d)
+    demo = build_demo(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-streampro")))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
