@@ -2,7 +2,7 @@
 
 Run::
 
-    streampro data build sft raw/train.jsonl out/sft --split train
+    streampro data build sft raw/train.jsonl --out out/sft --split train
 
 - **sft**: one streaming conversation per raw sample (:func:`build_sft_record`): one turn per
   sampled frame, the question on its turn, each response on the turn of its best response time
@@ -28,7 +28,6 @@ Placement rules of the SFT builder (counted in the summary, never silent):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -43,6 +42,8 @@ from streampro.dataset_scripts.schema import (
     to_reference,
 )
 from streampro.modeling_streampro.time_streampro import num_turns, turn_index_for_time, turn_time
+
+from streampro.jsonl import write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -133,17 +134,6 @@ def build_records(kind: str, samples: list[dict], fps: float = 1.0, stats: Count
     raise ValueError(f"unknown build kind {kind!r}; use one of {list(KINDS)}")
 
 
-def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Write rows atomically (a crash leaves the old file or the new one, never half of one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 _CARD_INTRO = {
     "sft": (
         "Streaming SFT conversations for StreamPro: one row per conversation; one turn per frame "
@@ -212,18 +202,3 @@ def build(kind: str, raw_path: str | os.PathLike, out_dir: str | os.PathLike, *,
 
 def format_stats(stats: Counter) -> str:
     return "\n".join(f"  {k}: {v}" for k, v in sorted(stats.items()))
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("kind", choices=KINDS, help="What to build: sft conversations, rl samples or bench references.")
-    parser.add_argument("raw", help="Raw JSONL (from `streampro data convert` or `synth`).")
-    parser.add_argument("out", help="Output folder: OUT/{split}.jsonl and OUT/README.md.")
-    parser.add_argument("--split", default="train", help="Split name of this file (default: train).")
-    parser.add_argument("--fps", type=float, default=1.0, help="Frames (turns) per second (default: 1).")
-    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
-
-
-def run(args) -> int:
-    stats = build(args.kind, args.raw, args.out, split=args.split, fps=args.fps, progress=not args.no_progress)
-    print(f"{args.kind}: {args.raw} -> {Path(args.out) / (args.split + '.jsonl')}\n{format_stats(stats)}")
-    return 0

@@ -2,7 +2,7 @@
 
 Run::
 
-    streampro data convert charades-sta charades_sta_test.txt out/charades.raw.jsonl --video-root videos/
+    streampro data convert charades-sta charades_sta_test.txt --out out/charades.raw.jsonl --video-root videos/
 
 Each format has a reader that yields *candidate* samples (the duration may be unknown) and
 counts what it had to skip; one driver then resolves videos and durations, applies the shared
@@ -47,6 +47,8 @@ from streampro.dataset_scripts.schema import (
     format_segment,
     validate_raw,
 )
+
+from streampro.jsonl import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -188,27 +190,20 @@ def read_charades_sta(path: Path, task: str, stats: Counter) -> Iterator[Candida
 
 def read_qvhighlights(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
     """QVHighlights JSONL: one TG sample per query, one answer per relevant window."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RawFormatError(f"{where}: not valid JSON ({exc.msg}); fix or delete this line") from None
-            _need(entry, ("qid", "query", "duration", "vid", "relevant_windows"), where)
-            answers = []
-            for i, w in enumerate(entry["relevant_windows"]):
-                if not isinstance(w, list) or len(w) != 2:
-                    raise RawFormatError(f"{where}: field 'relevant_windows[{i}]' must be [start, end], got {w!r}")
-                s, e = _num(w[0], where, "relevant_windows"), _num(w[1], where, "relevant_windows")
-                answers.append({"text": format_segment(s, e), "start": s, "end": e})
-            yield Candidate(
-                id=f"qvhighlights:{entry['qid']}", task="TG", video=entry["vid"],
-                duration=_num(entry["duration"], where, "duration"), question=tg_question(entry["query"]),
-                question_time=0.0, answers=answers, meta={"query": entry["query"]},
-            )
+    for lineno, entry in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        _need(entry, ("qid", "query", "duration", "vid", "relevant_windows"), where)
+        answers = []
+        for i, w in enumerate(entry["relevant_windows"]):
+            if not isinstance(w, list) or len(w) != 2:
+                raise RawFormatError(f"{where}: field 'relevant_windows[{i}]' must be [start, end], got {w!r}")
+            s, e = _num(w[0], where, "relevant_windows"), _num(w[1], where, "relevant_windows")
+            answers.append({"text": format_segment(s, e), "start": s, "end": e})
+        yield Candidate(
+            id=f"qvhighlights:{entry['qid']}", task="TG", video=entry["vid"],
+            duration=_num(entry["duration"], where, "duration"), question=tg_question(entry["query"]),
+            question_time=0.0, answers=answers, meta={"query": entry["query"]},
+        )
 
 
 def _dota_advice(anomaly_class: str) -> str:
@@ -615,27 +610,3 @@ def format_summary(stats: Counter) -> str:
     lines = [f"  {k}: {stats.get(k, 0)}" for k in main]
     lines += [f"  {k}: {v}" for k, v in sorted(stats.items()) if k not in main]
     return "\n".join(lines)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("format", choices=sorted(FORMATS), help="Annotation format of INPUT.")
-    parser.add_argument("input", help="Annotation file.")
-    parser.add_argument("out", help="Output raw JSONL (appended to; re-running resumes).")
-    parser.add_argument("--task", choices=TASKS, default=None,
-                        help="StreamPro task (activitynet-captions: EU/AA/GP; streamo, proactivevideoqa: any).")
-    parser.add_argument("--video-root", default=None,
-                        help="Folder holding the videos; each must exist there; missing durations are probed.")
-    parser.add_argument("--video-ext", default=".mp4",
-                        help="Extension added to video ids that have no video extension ('' for none).")
-    parser.add_argument("--allow-missing-videos", action="store_true",
-                        help="Keep samples whose video is not under --video-root (counted as missing_video).")
-    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
-
-
-def run(args) -> int:
-    stats = convert(
-        args.format, args.input, args.out, task=args.task, video_root=args.video_root,
-        video_ext=args.video_ext, allow_missing_videos=args.allow_missing_videos, progress=not args.no_progress,
-    )
-    print(f"{args.format} -> {args.out}\n{format_summary(stats)}")
-    return 0

@@ -1,4 +1,4 @@
-"""Trajectory rubrics for GRPO (docs/method.md §5): ``streampro data rubrics RL_SAMPLES OUT --endpoint URL --model NAME``.
+"""Trajectory rubrics for GRPO (docs/method.md §5): ``streampro data rubrics RL_SAMPLES --out OUT --endpoint URL --model NAME``.
 
 An LLM on an OpenAI-compatible ``/chat/completions`` endpoint writes, per RL sample, 6-10 binary
 rubric items from the question and the timed ground truth: assertive, sample-specific statements
@@ -12,21 +12,17 @@ Output: ``OUT`` is a JSONL file of the RL samples with ``rubric`` filled, append
 finished sample and flushed at once, so it is also the cache: a re-run skips the ids already in
 ``OUT`` and an interrupted run loses nothing. Samples that fail (endpoint down, invalid replies)
 are logged, left out, and make the command exit with status 1; run it again to retry only them.
-Transport: retries with exponential backoff on timeouts, connection errors, 429 and 5xx (the
-same policy as the metric's LLM judge), ``--concurrency`` requests in flight, API key from the
-environment variable ``--api-key-env`` (never logged or stored).
+Transport: :class:`streampro.metrics.llm_client.ChatEndpoint`, the client of the metric's LLM judge
+(retries with exponential backoff on timeouts, connection errors, 429 and 5xx; ``--timeout``
+bounds each whole request; ``--concurrency`` requests in flight; API key from the environment
+variable ``--api-key-env``, never logged or stored).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import random
 import re
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -61,10 +57,6 @@ _JSON_LIST = re.compile(r"\[.*\]", re.DOTALL)
 
 class RubricError(ValueError):
     """A rubric reply or a rubric in a file does not follow the format."""
-
-
-class EndpointError(RubricError):
-    """The endpoint gave no usable reply (after retries, or a 4xx that retrying cannot fix)."""
 
 
 def validate_rubric(rubric, where: str = "rubric") -> list[dict]:
@@ -144,7 +136,11 @@ def request_body(sample: dict, model: str) -> dict:
 
 
 class RubricWriter:
-    """Writes one sample's rubric through the endpoint; :meth:`write` returns it or raises RubricError."""
+    """Writes one sample's rubric through the endpoint; :meth:`write` returns it or raises.
+
+    Transport (retries, deadline, concurrency, secrets) is :class:`streampro.metrics.llm_client.ChatEndpoint`;
+    an invalid rubric is asked again up to ``invalid_retries`` times, then raises :class:`RubricError`.
+    """
 
     def __init__(
         self,
@@ -158,89 +154,49 @@ class RubricWriter:
         max_backoff: float = 60.0,
         invalid_retries: int = 2,
     ):
+        from streampro.metrics.llm_client import ChatEndpoint
+
         if not endpoint or not model:
             raise ValueError("rubrics need --endpoint (e.g. http://localhost:8000/v1) and --model")
-        if max_retries < 0 or invalid_retries < 0 or timeout <= 0:
-            raise ValueError("max_retries and invalid_retries must be >= 0 and timeout > 0")
-        self.url = endpoint.rstrip("/") + "/chat/completions"
-        self.model, self.api_key_env, self.timeout = model, api_key_env, timeout
-        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+        if invalid_retries < 0:
+            raise ValueError(f"invalid_retries must be >= 0, got {invalid_retries}")
+        self.endpoint = ChatEndpoint(
+            endpoint, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries, backoff=backoff,
+            max_backoff=max_backoff,
+        )
+        self.model = model
         self.invalid_retries = invalid_retries
-        self.calls_made = 0
-        self._lock = threading.Lock()
 
-    def headers(self) -> dict:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+    @property
+    def calls_made(self) -> int:
+        return self.endpoint.calls_made
 
-    def _post(self, client, body: dict) -> str:
-        """The reply's message content, retrying transient failures; RubricError when it gives up."""
-        import httpx
-
-        reason = "no attempt made"
-        for attempt in range(self.max_retries + 1):
-            with self._lock:
-                self.calls_made += 1
-            retry_after = None
-            try:
-                response = client.post(self.url, json=body)
-            except httpx.TimeoutException:
-                reason = f"timed out after {self.timeout}s"
-            except httpx.TransportError as e:
-                reason = f"connection error ({type(e).__name__}) to {self.url}"
-            else:
-                if response.status_code == 429 or response.status_code >= 500:
-                    reason = f"HTTP {response.status_code} from {self.url}"
-                    retry_after = response.headers.get("retry-after")
-                elif response.status_code >= 400:
-                    raise EndpointError(f"HTTP {response.status_code} from {self.url}: {response.text[:200]}")
-                else:
-                    try:
-                        return response.json()["choices"][0]["message"]["content"] or ""
-                    except (ValueError, KeyError, IndexError, TypeError) as e:
-                        reason = f"malformed API reply: {e}"
-            if attempt < self.max_retries:
-                delay = self.backoff * 2**attempt * (0.5 + random.random())
-                try:
-                    delay = max(delay, float(retry_after)) if retry_after else delay
-                except ValueError:
-                    pass
-                time.sleep(min(delay, self.max_backoff))
-        raise EndpointError(f"{reason} (after {self.max_retries + 1} attempts)")
-
-    def write(self, client, sample: dict) -> list[dict]:
+    async def write(self, sample: dict) -> list[dict]:
         body = request_body(sample, self.model)
         error = None
         for _ in range(self.invalid_retries + 1):
-            try:
-                return parse_rubric_reply(self._post(client, body), f"sample {sample['id']}")
-            except EndpointError:
-                raise
+            try:  # EndpointError (retries used up, a 4xx) propagates: asking again will not help
+                return parse_rubric_reply(await self.endpoint.chat(body), f"sample {sample['id']}")
             except RubricError as e:
                 error = e  # an invalid rubric: ask again (sampling at temperature 0.2 may differ)
         raise error
 
 
 def done_ids(out: Path) -> set[str]:
-    """Ids already written to ``out`` (a truncated last line from a crash is ignored and redone)."""
-    ids = set()
+    """Ids already written to ``out``; a torn last line (a crash mid-write) is cut off and redone."""
+    from streampro.jsonl import iter_jsonl
+
     if not out.is_file():
-        return ids
-    with out.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning(
-                    "%s:%d is not valid JSON (an interrupted write?); that sample is redone", out, lineno
-                )
-                continue
-            ids.add(str(row["id"]))
+        return set()
+    data = out.read_bytes()
+    if data and not data.endswith(b"\n"):
+        logger.warning("%s: cutting an incomplete last line (an interrupted write); that sample is redone", out)
+        with out.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+    problems: list[str] = []
+    ids = {str(row["id"]) for _, row in iter_jsonl(out, errors=problems)}
+    for problem in problems:
+        logger.warning("%s; that sample is redone", problem)
     return ids
 
 
@@ -248,9 +204,9 @@ def write_rubrics(
     samples_path, out_path, writer: RubricWriter, *, concurrency: int = 8, progress: bool = True
 ) -> dict:
     """Fill the ``rubric`` of every RL sample in ``samples_path`` into ``out_path`` (append-only, resumable)."""
-    import httpx
-    from streampro.dataset_scripts.schema import iter_jsonl
     from tqdm.auto import tqdm
+
+    from streampro.jsonl import iter_jsonl
 
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -282,74 +238,17 @@ def write_rubrics(
     if not todo:
         return stats
     out.parent.mkdir(parents=True, exist_ok=True)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    with (
-        httpx.Client(headers=writer.headers(), timeout=writer.timeout, limits=limits) as client,
-        ThreadPoolExecutor(concurrency) as pool,
-        out.open("a", encoding="utf-8") as f,
-        tqdm(total=len(todo), desc="rubrics", disable=not progress) as bar,
-    ):
-        futures = {pool.submit(writer.write, client, s): s for s in todo}
-        try:
-            for future in as_completed(futures):
-                sample = futures[future]
-                try:
-                    rubric = future.result()
-                except RubricError as e:
-                    stats["failed"] += 1
-                    logger.warning("rubric for sample %s failed: %s", sample["id"], e)
-                else:
-                    f.write(json.dumps({**sample, "rubric": rubric}, ensure_ascii=False) + "\n")
-                    f.flush()  # finished work survives an interrupt
-                    stats["written"] += 1
-                bar.update()
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    with out.open("a", encoding="utf-8") as f, tqdm(total=len(todo), desc="rubrics", disable=not progress) as bar:
+
+        def on_done(sample, rubric, error):
+            if error is not None:
+                stats["failed"] += 1
+                logger.warning("rubric for sample %s failed: %s", sample["id"], writer.endpoint.scrub(str(error)))
+            else:
+                f.write(json.dumps({**sample, "rubric": rubric}, ensure_ascii=False) + "\n")
+                f.flush()  # finished work survives an interrupt
+                stats["written"] += 1
+            bar.update()
+
+        writer.endpoint.run(todo, writer.write, on_done, concurrency=concurrency)
     return stats
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "rl_samples", help="RL samples JSONL (`streampro data build rl` or Synth's rl/{split}.jsonl)."
-    )
-    parser.add_argument(
-        "out", help="Output JSONL: the samples with `rubric` filled (appended; re-runs resume)."
-    )
-    parser.add_argument(
-        "--endpoint", required=True, help="OpenAI-compatible API root, e.g. http://localhost:8000/v1."
-    )
-    parser.add_argument("--model", required=True, help="Model name the endpoint serves.")
-    parser.add_argument(
-        "--api-key-env", default="OPENAI_API_KEY", help="Environment variable holding the API key."
-    )
-    parser.add_argument("--concurrency", type=int, default=8, help="Requests in flight (default: 8).")
-    parser.add_argument("--timeout", type=float, default=120.0, help="Seconds per request (default: 120).")
-    parser.add_argument(
-        "--max-retries", type=int, default=5, help="Retries on timeouts, 429 and 5xx (default: 5)."
-    )
-    parser.add_argument(
-        "--invalid-retries", type=int, default=2, help="Re-asks after an invalid rubric (default: 2)."
-    )
-    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
-
-
-def run(args) -> int:
-    writer = RubricWriter(
-        args.endpoint,
-        args.model,
-        api_key_env=args.api_key_env,
-        timeout=args.timeout,
-        max_retries=args.max_retries,
-        invalid_retries=args.invalid_retries,
-    )
-    stats = write_rubrics(
-        args.rl_samples, args.out, writer, concurrency=args.concurrency, progress=not args.no_progress
-    )
-    print(f"rubrics: {args.rl_samples} -> {args.out}\n" + "\n".join(f"  {k}: {v}" for k, v in stats.items()))
-    if stats["failed"]:
-        print(
-            f"{stats['failed']} sample(s) failed (see the log); run the same command again to retry only them"
-        )
-        return 1
-    return 0

@@ -20,20 +20,16 @@ Validation errors name the file, line and field (:class:`RawFormatError`).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
-TASKS = ("EU", "OU", "AA", "TP", "TG", "GP", "RF")
-INTERVAL_TASKS = frozenset({"EU", "TP"})  # answers are event spans; respond at each span's end
-SEGMENT_TASKS = frozenset({"TG"})  # answer is a segment written in the text; respond at its end
-TIMESTAMP_TASKS = frozenset({"OU", "AA", "GP", "RF"})  # answers carry t* directly
+# The task vocabulary lives in the metric (docs/method.md §2); re-exported for the data scripts.
+from streampro.metrics.schema import INTERVAL_TASKS, REFERENCE_FIELDS, SEGMENT_TASKS, TASKS, TIMESTAMP_TASKS  # noqa: F401
+
+from streampro.jsonl import iter_jsonl
 
 REQUIRED_FIELDS = ("id", "task", "video", "duration", "question", "question_time", "answers")
 OPTIONAL_FIELDS = ("source", "system", "meta")
-REFERENCE_FIELDS = ("id", "task", "question", "question_time", "video", "duration", "answers")
 
 
 class RawFormatError(ValueError):
@@ -148,24 +144,6 @@ def to_reference(sample: dict) -> dict:
         "duration": float(sample["duration"]),
         "answers": answers,
     }
-
-
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line; bad JSON names file:line."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such file; pass a JSONL file (one JSON object per line)")
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RawFormatError(
-                    f"{p}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                    "fix or delete this line"
-                ) from None
 
 
 def read_raw(path: str | os.PathLike) -> list[dict]:

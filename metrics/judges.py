@@ -11,10 +11,13 @@ metric batches all requests of a run into one call, and the GRPO rewards can do 
 - ``embedding``: cosine similarity of WordLlama sentence embeddings (a 16 MB model inside the
   ``wordllama`` wheel, loaded offline), thresholded onto the 0-5 scale by
   :data:`EMBEDDING_THRESHOLDS`, then divided by 5. Also an uncalibrated approximation.
-- ``llm``: the paper's protocol (docs/method.md §3) on any OpenAI-compatible chat endpoint. Score =
-  integer 0-5 / 5. Retries with exponential backoff on timeouts, connection errors, 429 and 5xx;
-  up to ``max_concurrency`` requests in flight; a persistent SQLite cache keyed by model, prompt
-  version and the three texts, so re-scoring makes no calls and an interrupted run resumes.
+- ``llm``: the paper's protocol (docs/method.md §3) on any OpenAI-compatible chat endpoint, through
+  :class:`streampro.metrics.llm_client.ChatEndpoint` (retries on timeouts, connection errors, 429
+  and 5xx; ``timeout`` bounds each whole request; up to ``max_concurrency`` in flight; no secret in
+  a log line). Score = integer 0-5 / 5; a reply that is not such a score (prose, 7, 2.5, inf, NaN,
+  a list) is asked once more, then is one :class:`JudgeFailure`. A persistent SQLite cache keyed
+  by model, prompt version and the three texts: re-scoring makes no calls and an interrupted run
+  resumes.
 """
 
 from __future__ import annotations
@@ -23,15 +26,13 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
-import random
 import re
 import sqlite3
 import string
-import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,7 +247,9 @@ def parse_judge_output(text: str) -> int:
             score = float(score)
         except ValueError:
             score = None
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or score != int(score):
+    # inf and NaN are floats too (json reads 1e999 as inf): not a score, and int() of them raises.
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score) \
+            or score != int(score):
         raise ValueError(f"no integer 'score' in judge reply: {text[:200]!r}")
     if not 0 <= score <= 5:
         raise ValueError(f"judge score {score} is outside 0-5: {text[:200]!r}")
@@ -260,12 +263,14 @@ def default_cache_path() -> Path:
 
 
 class _ScoreCache:
-    """SQLite file mapping a request key to its 0-5 score. Used from one thread only."""
+    """SQLite file mapping a request key to its 0-5 score. Used by one thread at a time."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, timeout=60)
+        # check_same_thread off: inside a running event loop (a notebook) the endpoint hands the
+        # results over on its own thread; still one thread at a time.
+        self._db = sqlite3.connect(path, timeout=60, check_same_thread=False)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score INTEGER NOT NULL, "
             "model TEXT NOT NULL, prompt_version TEXT NOT NULL, created REAL NOT NULL)"
@@ -301,6 +306,7 @@ class LLMJudge(Judge):
     ``base_url`` is the API root (``http://localhost:8000/v1`` for vLLM, ``https://api.openai.com/v1``).
     The API key is read from the environment variable ``api_key_env`` at call time and sent as a
     bearer token; it is never logged or stored (local servers need none: leave the variable unset).
+    ``timeout`` bounds each whole request, retries aside.
     """
 
     name = "llm"
@@ -319,24 +325,30 @@ class LLMJudge(Judge):
         max_backoff: float = 60.0,
         show_progress: bool = True,
     ):
+        from streampro.metrics.llm_client import ChatEndpoint
+
         if not base_url or not model:
             raise ValueError(
                 "the 'llm' judge needs a base_url (e.g. http://localhost:8000/v1) and a model name"
             )
-        if max_concurrency < 1 or max_retries < 0 or timeout <= 0:
-            raise ValueError("max_concurrency must be >= 1, max_retries >= 0 and timeout > 0")
-        self.base_url = base_url.rstrip("/")
+        self.endpoint = ChatEndpoint(
+            base_url,
+            api_key_env=api_key_env,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            max_concurrency=max_concurrency,
+        )
+        self.base_url = self.endpoint.base_url
         self.model = model
-        self.api_key_env = api_key_env
         self.cache_path = Path(cache_path) if cache_path is not None else default_cache_path()
-        self.max_concurrency = max_concurrency
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
         self.show_progress = show_progress
-        self.calls_made = 0  # HTTP requests sent (including retries): lets tests see cache hits
-        self._lock = threading.Lock()
+
+    @property
+    def calls_made(self) -> int:
+        """HTTP requests sent, retries included (lets tests see cache hits)."""
+        return self.endpoint.calls_made
 
     def describe(self):
         return {
@@ -355,7 +367,6 @@ class LLMJudge(Judge):
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     def score_batch(self, requests):
-        import httpx
         from tqdm.auto import tqdm
 
         keys = [self.cache_key(r) for r in requests]
@@ -370,45 +381,32 @@ class LLMJudge(Judge):
                     len(set(keys)) - len(todo),
                     len(todo),
                 )
-                headers = {"Content-Type": "application/json"}
-                api_key = os.environ.get(self.api_key_env)
-                if api_key:
-                    headers["Authorization"] = f"Bearer {api_key}"
-                limits = httpx.Limits(
-                    max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
-                )
-                with (
-                    httpx.Client(headers=headers, timeout=self.timeout, limits=limits) as client,
-                    ThreadPoolExecutor(self.max_concurrency) as pool,
-                    tqdm(
-                        total=len(todo), desc="LLM judge", disable=not self.show_progress or len(todo) < 2
-                    ) as bar,
-                ):
-                    futures = {pool.submit(self._score_one, client, r): k for k, r in todo.items()}
-                    failed = 0
-                    try:
-                        for n, future in enumerate(as_completed(futures), 1):
-                            key, result = futures[future], future.result()
-                            scores[key] = result
-                            if isinstance(result, JudgeFailure):
-                                failed += 1
-                                # The first reason in full, the rest only at DEBUG: one broken
-                                # endpoint must not print thousands of identical lines.
-                                logger.log(
-                                    logging.WARNING if failed == 1 else logging.DEBUG,
-                                    "LLM judge failure: %s",
-                                    result.reason,
-                                )
-                            else:
-                                cache.put(key, result, self.model)
-                            if n % 32 == 0:  # commit as we go: an interrupted run keeps its finished work
-                                cache.commit()
-                            bar.update()
-                    except BaseException:
-                        # Ctrl-C or a crash: drop the queued requests instead of waiting for
-                        # them; what finished is committed below.
-                        pool.shutdown(wait=False, cancel_futures=True)
-                        raise
+                failed = 0
+                with tqdm(
+                    total=len(todo), desc="LLM judge", disable=not self.show_progress or len(todo) < 2
+                ) as bar:
+
+                    def on_done(key, score, error):
+                        nonlocal failed
+                        if error is not None:
+                            score = JudgeFailure(self.endpoint.scrub(str(error)))
+                        scores[key] = score
+                        if isinstance(score, JudgeFailure):
+                            failed += 1
+                            # The first reason in full, the rest only at DEBUG: one broken
+                            # endpoint must not print thousands of identical lines.
+                            logger.log(
+                                logging.WARNING if failed == 1 else logging.DEBUG,
+                                "LLM judge failure: %s",
+                                score.reason,
+                            )
+                        else:
+                            cache.put(key, score, self.model)
+                        if len(scores) % 32 == 0:  # commit as we go: an interrupted run keeps its work
+                            cache.commit()
+                        bar.update()
+
+                    self.endpoint.run(list(todo), lambda key: self._score_one(todo[key]), on_done)
                 if failed:
                     logger.warning("LLM judge: %d of %d requests failed", failed, len(todo))
         finally:
@@ -427,57 +425,20 @@ class LLMJudge(Judge):
             "max_tokens": 256,
         }
 
-    def _sleep(self, attempt: int, retry_after: str | None = None):
-        delay = self.backoff * 2**attempt * (0.5 + random.random())  # jitter spreads the retries
-        if retry_after:
-            try:
-                delay = max(delay, float(retry_after))
-            except ValueError:
-                pass  # an HTTP-date Retry-After: fall back to our own backoff
-        time.sleep(min(delay, self.max_backoff))
+    async def _score_one(self, request: JudgeRequest) -> int | JudgeFailure:
+        """The 0-5 score of one request, or why there is none (the endpoint raises EndpointError).
 
-    def _score_one(self, client, request: JudgeRequest) -> int | JudgeFailure:
-        """One request with retries; returns the 0-5 score or the reason it failed."""
-        import httpx
-
-        url = f"{self.base_url}/chat/completions"
+        A reply that is not a score is asked once more (sampling may differ); more attempts at
+        temperature 0 would only repeat it.
+        """
         body = self._body(request)
-        reason = "no attempt made"
-        parse_retry_used = False
-        attempt = 0
-        while attempt <= self.max_retries:
-            with self._lock:
-                self.calls_made += 1
-            retry_after = None
+        for _ in range(2):
+            content = await self.endpoint.chat(body)
             try:
-                response = client.post(url, json=body)
-            except httpx.TimeoutException:
-                reason = f"timed out after {self.timeout}s"
-            except httpx.TransportError as e:
-                reason = f"connection error ({type(e).__name__}) to {url}"
-            else:
-                status = response.status_code
-                if status == 429 or status >= 500:
-                    reason = f"HTTP {status} from {url}"
-                    retry_after = response.headers.get("retry-after")
-                elif status >= 400:
-                    # Wrong model name, bad key, bad URL: retrying will not help.
-                    return JudgeFailure(f"HTTP {status} from {url}: {response.text[:200]}")
-                else:
-                    try:
-                        content = response.json()["choices"][0]["message"]["content"]
-                        return parse_judge_output(content or "")
-                    except (ValueError, KeyError, IndexError, TypeError) as e:
-                        reason = f"malformed judge reply: {e}"
-                        # A malformed reply is asked once more (sampling may differ); more
-                        # attempts at temperature 0 would only repeat it.
-                        if parse_retry_used:
-                            return JudgeFailure(reason)
-                        parse_retry_used = True
-            if attempt < self.max_retries:
-                self._sleep(attempt, retry_after)
-            attempt += 1
-        return JudgeFailure(f"{reason} (after {self.max_retries + 1} attempts)")
+                return parse_judge_output(content)
+            except ValueError as e:
+                reason = f"malformed judge reply: {e}"
+        return JudgeFailure(self.endpoint.scrub(reason))
 
 
 def make_judge(name: str, **options) -> Judge:
@@ -493,3 +454,4 @@ def make_judge(name: str, **options) -> Judge:
     if name not in judges:
         raise ValueError(f"unknown judge {name!r}; use one of {list(JUDGES)} or pass a Judge object")
     return judges[name](**options)
+

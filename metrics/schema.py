@@ -20,15 +20,28 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-TASKS = ("EU", "OU", "AA", "TP", "TG", "GP", "RF")
-# Tasks whose answers are event spans [start, end] (interval-aware Δt, docs/method.md §3).
-INTERVAL_TASKS = frozenset({"EU", "TP"})
-# Temporal Grounding: the answer is a segment; t* is its end; accuracy is temporal IoU.
-SEGMENT_TASKS = frozenset({"TG"})
-# Tasks whose answers carry a single best response time "time".
-TIMESTAMP_TASKS = frozenset({"OU", "AA", "GP", "RF"})
+from streampro.metrics.streampro_f1.tasks import (
+    INTERVAL_TASKS,
+    REFERENCE_FIELDS,
+    SEGMENT_TASKS,
+    TASKS,
+    TIMESTAMP_TASKS,
+)
 
-REFERENCE_FIELDS = ("id", "task", "question", "question_time", "video", "duration", "answers")
+__all__ = [
+    "INTERVAL_TASKS",
+    "REFERENCE_FIELDS",
+    "SEGMENT_TASKS",
+    "TASKS",
+    "TIMESTAMP_TASKS",
+    "FormatError",
+    "GroundTruth",
+    "Prediction",
+    "Reference",
+    "validate_prediction_record",
+    "validate_predictions",
+    "validate_reference",
+]
 
 
 class FormatError(ValueError):

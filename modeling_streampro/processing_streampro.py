@@ -87,7 +87,7 @@ class StreamProProcessor(ProcessorMixin):
         if missing:
             raise ValueError(
                 f"tokenizer lacks {missing}; StreamPro needs the Qwen chat tokens and the decision tokens "
-                "(convert a base checkpoint with `streampro convert-backbone SRC DST`)"
+                "(convert a base checkpoint with `streampro convert-backbone SRC --out DST`)"
             )
         self.silence_token_id = vocab[SILENCE_TOKEN]
         self.response_token_id = vocab[RESPONSE_TOKEN]

@@ -1,4 +1,4 @@
-"""Assemble a folder ready to upload as a Hugging Face Space (``streampro space --export DIR``).
+"""Assemble a folder ready to upload as a Hugging Face Space (``streampro space --export --out DIR``).
 
 A Space installs ``requirements.txt`` *before* it copies the repository, so it cannot install
 this project from its own files; instead the folder carries the ``streampro`` packages the app

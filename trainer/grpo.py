@@ -38,9 +38,10 @@ def load_rl_samples(
 
     from datasets import Dataset
     from streampro.dataset_scripts.rubrics import validate_rubric
-    from streampro.dataset_scripts.schema import iter_jsonl
     from streampro.metrics import FormatError, validate_reference
     from streampro.modeling_streampro.processing_streampro import num_turns
+
+    from streampro.jsonl import iter_jsonl
 
     if not Path(path).is_file():
         raise FileNotFoundError(
@@ -102,17 +103,12 @@ def build_trainer(script_args, training_args, model_args):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``streampro train grpo --config RECIPE.yaml [--field value ...]`` (``--help``: the StreamPro fields)."""
     from streampro.trainer.grpo_config import GRPOScriptArguments, StreamProGRPOConfig
-    from streampro.trainer.sft import save_final
-    from trl import ModelConfig, TrlParser
+    from streampro.trainer.script import run_stage
+    from trl import ModelConfig
 
-    parser = TrlParser((GRPOScriptArguments, StreamProGRPOConfig, ModelConfig))
-    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    trainer = build_trainer(script_args, training_args, model_args)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    save_final(trainer, training_args.output_dir)
-    logger.info("saved the final model and processor to %s", training_args.output_dir)
-    return 0
+    return run_stage("grpo", (GRPOScriptArguments, StreamProGRPOConfig, ModelConfig), build_trainer, argv)
 
 
 if __name__ == "__main__":

@@ -420,32 +420,20 @@ class StreamProGRPOTrainer(GRPOTrainer):
 
     # ---- pieces of the hook ----------------------------------------------------------------------
     def _reference_logps(self, ids, attention_mask, logits_to_keep, batch_size, num_images, forward_kwargs):
-        if self.ref_model is not None:
-            model = self.ref_model
+        def logps_of(model):
             logps, _, _ = self._get_per_token_logps_and_entropies(
-                model,
-                ids,
-                attention_mask,
-                logits_to_keep,
-                batch_size=batch_size,
-                num_images=num_images,
+                model, ids, attention_mask, logits_to_keep, batch_size=batch_size, num_images=num_images,
                 **forward_kwargs,
             )
             return logps
+
+        if self.ref_model is not None:
+            return logps_of(self.ref_model)
         from trl.trainer.utils import use_adapter
 
         unwrapped = self.accelerator.unwrap_model(self.model)
         with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
-            logps, _, _ = self._get_per_token_logps_and_entropies(
-                self.model,
-                ids,
-                attention_mask,
-                logits_to_keep,
-                batch_size=batch_size,
-                num_images=num_images,
-                **forward_kwargs,
-            )
-        return logps
+            return logps_of(self.model)
 
     def _advantages(self, rewards_per_func: torch.Tensor, mode: str):
         """Group-normalised advantages of R = Σ w_i R_i (TRL's sum_then_normalize), where a rollout

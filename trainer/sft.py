@@ -49,7 +49,7 @@ def load_model(name: str, tiny_seed: int = 0, dtype: str | None = None):
     if not (Path(name) / "config.json").is_file():
         raise FileNotFoundError(
             f"model {name!r} is not a checkpoint directory (no config.json); pass a StreamPro checkpoint "
-            "(`streampro convert-backbone BASE DIR`) or 'tiny:qwen2_5_vl' / 'tiny:qwen3_vl'"
+            "(`streampro convert-backbone BASE --out DIR`) or 'tiny:qwen2_5_vl' / 'tiny:qwen3_vl'"
         )
     # No device move here: Trainer places the model (and DeepSpeed ZeRO-3 partitions it at load time).
     torch_dtype = torch.float32 if dtype in (None, "auto") else getattr(torch, dtype)
@@ -105,7 +105,8 @@ def load_records(path: str, limit: int | None = None):
     from pathlib import Path
 
     from datasets import Dataset
-    from streampro.dataset_scripts.schema import iter_jsonl
+
+    from streampro.jsonl import iter_jsonl
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"SFT records file {path} does not exist (make one with `streampro data build sft`)")
@@ -162,16 +163,12 @@ def save_final(trainer, output_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``streampro train sft --config RECIPE.yaml [--field value ...]`` (``--help``: the StreamPro fields)."""
+    from streampro.trainer.script import run_stage
     from streampro.trainer.sft_config import SFTScriptArguments, StreamProSFTConfig
-    from trl import ModelConfig, TrlParser
+    from trl import ModelConfig
 
-    parser = TrlParser((SFTScriptArguments, StreamProSFTConfig, ModelConfig))
-    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    trainer = build_trainer(script_args, training_args, model_args)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    save_final(trainer, training_args.output_dir)
-    logger.info("saved the final model and processor to %s", training_args.output_dir)
-    return 0
+    return run_stage("sft", (SFTScriptArguments, StreamProSFTConfig, ModelConfig), build_trainer, argv)
 
 
 if __name__ == "__main__":

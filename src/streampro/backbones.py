@@ -188,19 +188,21 @@ def tiny_config(backbone: str, tokenizer: PreTrainedTokenizerFast, **sizes):
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
+    vision = dict(
+        depth=s["vision_depth"],
+        hidden_size=s["vision_hidden"],
+        intermediate_size=s["vision_intermediate"],
+        num_heads=s["vision_heads"],
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=s["text_hidden"],
+    )
     if backbone == "qwen2_5_vl":
         from transformers import Qwen2_5_VLConfig
 
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope}
-        vision = dict(
-            depth=s["vision_depth"],
-            hidden_size=s["vision_hidden"],
-            intermediate_size=s["vision_intermediate"],
-            num_heads=s["vision_heads"],
+        vision.update(
             patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            out_hidden_size=s["text_hidden"],
             window_size=56,  # 2x2 merged patches per attention window at 14 px patches
             fullatt_block_indexes=[s["vision_depth"] - 1],
         )
@@ -214,15 +216,8 @@ def tiny_config(backbone: str, tokenizer: PreTrainedTokenizerFast, **sizes):
         "mrope_section": mrope,
         "mrope_interleaved": True,
     }
-    vision = dict(
-        depth=s["vision_depth"],
-        hidden_size=s["vision_hidden"],
-        intermediate_size=s["vision_intermediate"],
-        num_heads=s["vision_heads"],
+    vision.update(
         patch_size=16,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        out_hidden_size=s["text_hidden"],
         num_position_embeddings=64,  # must be a perfect square (8x8 learned grid)
         deepstack_visual_indexes=[0],  # must be < depth
     )

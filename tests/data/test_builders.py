@@ -154,7 +154,7 @@ def test_raw_validation_names_file_line_and_field(tmp_path):
     with pytest.raises(RawFormatError, match=r"raw\.jsonl:2: field 'id' .* repeats line 1"):
         read_raw(path)
     path.write_text("{not json\n")
-    with pytest.raises(RawFormatError, match=r"raw\.jsonl:1: not valid JSON"):
+    with pytest.raises(ValueError, match=r"raw\.jsonl:1: invalid JSON \(.* at column 2\)"):
         read_raw(path)
     with pytest.raises(ValueError, match="unknown build kind"):
         build("nope", path, tmp_path / "o")
@@ -169,7 +169,7 @@ def test_cli_build_prints_summary(tmp_path, capsys):
     convert("dota", ANN / "dota_metadata_val.json", raw, progress=False)
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    args = parser.parse_args(["build", "sft", str(raw), str(tmp_path / "sft"), "--split", "validation",
+    args = parser.parse_args(["build", "sft", str(raw), "--out", str(tmp_path / "sft"), "--split", "validation",
                               "--no-progress"])
     assert cli.run(args) == 0
     out = capsys.readouterr().out

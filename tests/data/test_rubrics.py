@@ -7,6 +7,7 @@ left out (exit 1) and retried on the next run, and resuming from the append-only
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from streampro.dataset_scripts.rubrics import RubricError, parse_rubric_reply, validate_rubric
@@ -62,6 +63,7 @@ def run_cli(server, src, out, *extra):
             "data",
             "rubrics",
             str(src),
+            "--out",
             str(out),
             "--endpoint",
             server.base_url,
@@ -164,19 +166,10 @@ def test_parse_rubric_reply_rejects(reply, match):
         parse_rubric_reply(reply)
 
 
-def test_bad_input_file_names_the_line(tmp_path):
+def test_bad_input_file_names_the_line(tmp_path, capsys):
     src = tmp_path / "rl.jsonl"
     write(src, [samples(1)[0], {"id": "x"}])
-    with pytest.raises(ValueError, match=r"rl.jsonl:2: RL sample lacks"):
-        main(
-            [
-                "data",
-                "rubrics",
-                str(src),
-                str(tmp_path / "o.jsonl"),
-                "--endpoint",
-                "http://127.0.0.1:9/v1",
-                "--model",
-                "m",
-            ]
-        )
+    argv = ["data", "rubrics", str(src), "--out", str(tmp_path / "o.jsonl"), "--endpoint", "http://127.0.0.1:9/v1",
+            "--model", "m"]
+    assert main(argv) == 2
+    assert re.search(r"^streampro data rubrics: error: \S*rl.jsonl:2: RL sample lacks .+ — ", capsys.readouterr().err, re.M)

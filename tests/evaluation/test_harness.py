@@ -122,7 +122,7 @@ def test_synth_run_end_to_end(checkpoint, synth, tmp_path):
     assert {f"{t}_f1" for t in ("EU", "OU", "AA", "TP", "TG", "GP", "RF")} <= set(results)
     # The harness scores with the metric package: `streampro score`'s loader on the same files agrees.
     from streampro.metrics import compute_streampro_f1
-    from streampro.cli.score import load_inputs
+    from streampro.metrics.inputs import load_inputs
 
     preds, loaded_refs = load_inputs(out / "predictions.jsonl", bench)
     expected = compute_streampro_f1(preds, loaded_refs, judge="lexical")

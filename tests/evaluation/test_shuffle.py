@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from streampro.cli import evaluate as cli
+from streampro.cli import main
 from streampro.evaluation.harness import shuffle_frames
 
 
@@ -55,7 +56,7 @@ def _evaluate(root: Path, out: str, *extra: str) -> dict:
     return json.loads((root / out / "run_config.json").read_text())
 
 
-def test_shuffled_run_is_recorded_and_changes_what_the_model_sees(run_dirs):
+def test_shuffled_run_is_recorded_and_changes_what_the_model_sees(run_dirs, capsys):
     plain = _evaluate(run_dirs, "plain")
     shuffled = _evaluate(run_dirs, "shuffled", "--shuffle-frames", "0")
     assert plain["shuffle_frames"] is None and shuffled["shuffle_frames"] == 0
@@ -65,10 +66,11 @@ def test_shuffled_run_is_recorded_and_changes_what_the_model_sees(run_dirs):
     assert [[e["t"] for e in r["events"]] for r in p] == [[e["t"] for e in r["events"]] for r in s]
     assert [[e["p"] for e in r["events"]] for r in p] != [[e["p"] for e in r["events"]] for r in s]
     # A shuffled run directory refuses to be resumed as a plain one.
-    parser = cli.argparse.ArgumentParser()
-    cli.add_arguments(parser)
-    args = parser.parse_args(["--model", str(run_dirs / "ckpt"), "--benchmark",
-                              str(run_dirs / "synth" / "bench" / "train.jsonl"), "--video-root",
-                              str(run_dirs / "synth"), "--out", str(run_dirs / "shuffled"), "--limit", "2",
-                              "--max-new-tokens", "2", "--no-progress", "--plot-samples", "0", "--judge", "exact"])
-    assert cli.run(args) == 2
+    rc = main(["evaluate", "--model", str(run_dirs / "ckpt"), "--benchmark",
+               str(run_dirs / "synth" / "bench" / "train.jsonl"), "--video-root",
+               str(run_dirs / "synth"), "--out", str(run_dirs / "shuffled"), "--limit", "2",
+               "--max-new-tokens", "2", "--no-progress", "--plot-samples", "0", "--judge", "exact"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "streampro evaluate: error: " in err and "holds a run made with different arguments" in err
+    assert "shuffle_frames: run directory has 0, this command has None" in err

@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file
 from streampro.metrics import validate_reference
 
-from streampro.cli.demo import DEMO_DIR, demo_references
+from streampro.assets import DEMO_DIR, demo_references
 from streampro.loading import EMBEDDED_MODEL_DIR, load_model_and_processor
 from streampro.video import iter_video_frames
 
@@ -53,14 +53,23 @@ def test_demo_command_runs_offline(argv, capsys):
     assert demo_references()[0]["id"] in out
 
 
-def test_provenance_names_a_validation_choice_by_the_default_recipe():
-    from dataclasses import asdict
+def test_provenance_names_a_recipe_file_that_parses_and_the_validation_choice():
+    """PROVENANCE.json says how the embedded model was made: a recipe file of the repository, a seed and the
+    model chosen by validation W-Avg (not that the recipe equals today's default: that may change)."""
+    from pathlib import Path
 
-    from streampro.reproduce import FULL
+    from streampro.reproduce import load_recipe
 
     prov = json.loads((EMBEDDED_MODEL_DIR / "PROVENANCE.json").read_text())
-    assert "validation" in prov["source"] and isinstance(prov["settings"]["seed"], int)
-    assert prov["settings"]["budget"] == asdict(FULL)  # shipped from a run of today's default recipe
+    assert prov["recipe"].startswith("recipes/reproduce/")
+    recipe_file = Path(__file__).resolve().parents[2] / prov["recipe"]
+    assert recipe_file.is_file()
+    load_recipe(recipe_file)  # parses strictly
+    assert isinstance(prov["settings"]["seed"], int)
+    final = prov["source"].removeprefix("streampro reproduce (").split(";")[0]
+    validation = prov["validation_w_avg_f1"]
+    assert "chosen by validation" in prov["source"] and final == max(validation, key=validation.get)
+    assert isinstance(prov["test_w_avg_f1"], float)
 
 
 @pytest.mark.parametrize("name", ["configuration_streampro", "modeling_streampro", "processing_streampro",

@@ -160,13 +160,22 @@ def test_cli_registration_and_arguments(monkeypatch, tiny_dir):
     parser = argparse.ArgumentParser()
     space_cli.add_arguments(parser)
     args = parser.parse_args(["--model", str(tiny_dir), "--port", "7999"])
-    assert (args.model, args.host, args.port, args.export) == (str(tiny_dir), "127.0.0.1", 7999, None)
+    assert (args.model, args.host, args.port, args.export, args.out) == (str(tiny_dir), "127.0.0.1", 7999, False, None)
     launched = {}
     from streampro.space import app
 
     monkeypatch.setattr(app, "launch", lambda model, host, port: launched.update(model=model, host=host, port=port))
     assert space_cli.run(args) == 0
     assert launched == {"model": str(tiny_dir), "host": "127.0.0.1", "port": 7999}
+
+
+def test_cli_export_writes_the_out_folder_and_needs_it(tmp_path, capsys):
+    from streampro.cli import main
+
+    assert main(["space", "--export", "--out", str(tmp_path / "space")]) == 0
+    assert (tmp_path / "space" / "app.py").is_file()
+    assert main(["space", "--export"]) == 2
+    assert capsys.readouterr().err.startswith("streampro space: error: --export and --out go together — ")
 
 
 def test_space_readme_metadata():

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from streampro.modeling_streampro.processing_streampro import turn_time
-from streampro.cli import train as train_cli
 from streampro.trainer.sft import build_trainer, save_final
 from streampro.trainer.sft_config import SFTScriptArguments, StreamProSFTConfig
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import ModelConfig, TrlParser
 
 from streampro.backbones import build_tiny_backbone
+from streampro.cli import train as train_cli
 from streampro.video import encode_video
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sft" / "tiny_synth_cpu.yaml"

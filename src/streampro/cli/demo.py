@@ -2,50 +2,48 @@
 
 Prints each response with its time as it happens, then the clip's ground truth and its
 StreamPro-F1 (exact-match judge). The clips and their references ship in
-``streampro/assets/demo/`` (written by ``streampro reproduce``; see docs/reproduce.md).
+``streampro/assets/demo/`` (:mod:`streampro.assets`; written by ``streampro reproduce``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-DEMO_DIR = Path(__file__).parent / "assets" / "demo"
+from streampro.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="StreamPro checkpoint directory (default: the embedded tiny model)")
     parser.add_argument("--clip", default=None, help="id of a demo clip (default: the first); --list shows them")
     parser.add_argument("--list", action="store_true", help="list the demo clips and exit")
-    parser.add_argument("--out", help="write one JSON event per frame to this JSONL file")
-
-
-def demo_references() -> list[dict]:
-    path = DEMO_DIR / "references.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"the demo clips are missing ({path}); they are produced by `streampro reproduce` "
-            "(docs/reproduce.md) — or stream your own video with `streampro stream VIDEO --question ...`"
-        )
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    parser.add_argument("--out", type=Path, help="write one JSON event per frame to this JSONL file (folders are created)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from streampro.assets import DEMO_DIR, demo_references
+    from streampro.events import print_events
     from streampro.loading import load_model_and_processor
     from streampro.metrics import streampro_f1_sample
-    from streampro.cli.stream import print_events
     from streampro.video import iter_video_frames
 
-    refs = demo_references()
+    try:
+        refs = demo_references()
+    except FileNotFoundError as e:
+        raise UserError.from_exception(e, "reinstall streampro, or stream your own video with `streampro stream`") from e
     if args.list:
         for r in refs:
             print(f"{r['id']:<24} {r['task']}  {r['question']}")
         return 0
     ref = refs[0] if args.clip is None else next((r for r in refs if r["id"] == args.clip), None)
     if ref is None:
-        raise SystemExit(f"no demo clip {args.clip!r}; choose one of {[r['id'] for r in refs]}")
-    model, processor = load_model_and_processor(args.model)
+        raise UserError(f"--clip {args.clip}: no such demo clip", f"choose one of {[r['id'] for r in refs]}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        model, processor = load_model_and_processor(args.model)
+    except FileNotFoundError as e:
+        raise UserError.from_exception(e, "pass --model DIR, a StreamPro checkpoint directory") from e
     print(f"clip {ref['id']} ({ref['task']}, {ref['duration']:g}s): asks at {ref['question_time']:g}s: {ref['question']}")
     events = model.generate_stream(
         iter_video_frames(DEMO_DIR / ref["video"], fps=1.0),

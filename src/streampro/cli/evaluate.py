@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from streampro.metrics.judges import JUDGES  # stdlib-only module: cheap at `streampro --help`
+from streampro.errors import UserError
+from streampro.metrics.inputs import add_judge_arguments  # stdlib-only module: cheap at `streampro --help`
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot-samples", type=int, default=4,
                         help="Draw timelines for the first N scored samples (default 4).")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
-    judge = parser.add_argument_group("judge (as in `streampro score`)")
-    judge.add_argument("--judge", default="lexical", choices=JUDGES,
-                       help="Answer-accuracy judge (default lexical; OVO-Bench: exact or contains).")
-    judge.add_argument("--lexical-method", default="token_f1", choices=("token_f1", "rougeL"))
-    judge.add_argument("--judge-base-url", help="llm judge: OpenAI-compatible API root")
-    judge.add_argument("--judge-model", help="llm judge: model name")
-    judge.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="llm judge: env var holding the key")
-    judge.add_argument("--judge-cache", type=Path, help="llm judge: SQLite cache file")
-    judge.add_argument("--judge-concurrency", type=int, default=16, help="llm judge: requests in flight")
-    judge.add_argument("--judge-timeout", type=float, default=60.0, help="llm judge: seconds per request")
-    judge.add_argument("--judge-retries", type=int, default=5, help="llm judge: retries per request")
+    add_judge_arguments(parser)  # the same judge flags as `streampro score`
 
 
 def _judge_config(args) -> dict:
@@ -76,22 +68,29 @@ def _judge_config(args) -> dict:
 
 
 def _check_args(args) -> None:
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    if not args.fps > 0:
-        raise ValueError(f"--fps must be > 0, got {args.fps}")
-    if args.window_turns is not None and args.window_turns < 1:
-        raise ValueError(f"--window-turns must be >= 1, got {args.window_turns}")
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    """Raise :class:`UserError` for an option out of range (named by its flag)."""
+    at_least_one = {"--limit": args.limit, "--window-turns": args.window_turns,
+                    "--max-new-tokens": args.max_new_tokens, "--num-processes": args.num_processes}
+    for flag, value in at_least_one.items():
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be >= 1", f"pass a positive {flag}")
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        raise UserError(f"--fps {args.fps:g}: must be a number > 0", "pass e.g. --fps 1 (one frame per second)")
     if args.response_threshold is not None and not 0 <= args.response_threshold <= 1:
-        raise ValueError(f"--response-threshold must be in [0, 1], got {args.response_threshold}")
-    if args.num_processes < 1:
-        raise ValueError(f"--num-processes must be >= 1, got {args.num_processes}")
+        raise UserError(f"--response-threshold {args.response_threshold:g}: must be in [0, 1]",
+                        "pass a probability, or leave it out for the arg-max decision")
     if not args.video_root.is_dir():
-        raise ValueError(f"--video-root {args.video_root}: no such directory")
+        raise UserError(f"--video-root {args.video_root}: no such directory",
+                        "pass the folder that the references' 'video' paths are relative to")
     if args.model is not None and not (args.model / "config.json").is_file():
-        raise ValueError(f"--model {args.model}: not a checkpoint directory (no config.json)")
+        raise UserError(f"--model {args.model}: not a checkpoint directory (no config.json)",
+                        "pass a StreamPro checkpoint directory, or leave --model out for the embedded model")
+    if args.model is None and args.protocol == "decision-tree":
+        raise UserError("--protocol decision-tree needs --model",
+                        "pass --model DIR, a plain Qwen2.5-VL / Qwen3-VL checkpoint")
+    if not args.benchmark.is_file():
+        raise UserError(f"--benchmark {args.benchmark}: no such file",
+                        "pass a references JSONL (`streampro data build bench` or `streampro data synth` write one)")
 
 
 def build_config(args):
@@ -99,11 +98,7 @@ def build_config(args):
     from streampro.evaluation.protocols import default_window
     from streampro.loading import default_model_dir
 
-    if args.model is None and args.protocol == "decision-tree":
-        raise ValueError("--protocol decision-tree needs --model (a plain Qwen2.5-VL / Qwen3-VL checkpoint)")
     model = args.model if args.model is not None else default_model_dir()
-    if not args.benchmark.is_file():
-        raise ValueError(f"--benchmark {args.benchmark}: no such file")
     return EvalConfig(
         model=str(model.resolve()),
         benchmark=str(args.benchmark.resolve()),
@@ -156,18 +151,18 @@ def run(args: argparse.Namespace) -> int:
         run_shard,
         wait_for_all,
     )
-    from streampro.evaluation.report import write_reports
+    from streampro.evaluation.report import format_markdown, write_reports
     from streampro.metrics import JudgeError
-    from streampro.cli.score import build_judge
+    from streampro.metrics.inputs import judge_from_args
 
+    _check_args(args)
+    if args.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        cmd = launch_argv(args)
+        logger.info("launching %d processes: %s", args.num_processes, " ".join(cmd))
+        return subprocess.run(cmd, check=False).returncode
     try:
-        _check_args(args)
-        if args.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            cmd = launch_argv(args)
-            logger.info("launching %d processes: %s", args.num_processes, " ".join(cmd))
-            return subprocess.run(cmd, check=False).returncode
         config = build_config(args)
-        judge = build_judge(args)
+        judge = judge_from_args(args)
         references = read_benchmark(args.benchmark, args.limit)
         check_run_config(args.out, config)
         dist = distributed_state()
@@ -178,11 +173,10 @@ def run(args: argparse.Namespace) -> int:
         records = merge_predictions(args.out, references)
         report = write_reports(args.out, records, references, judge, config.to_dict(), strict=args.strict,
                                num_timelines=args.plot_samples)
-    except (RunError, ValueError, FileNotFoundError, JudgeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from streampro.evaluation.report import format_markdown
-
+    except UserError:
+        raise
+    except (RunError, ValueError, FileNotFoundError, JudgeError) as e:  # the benchmark, run folder, model, judge
+        raise UserError.from_exception(e, "fix the input named above and run the same command again (it resumes)") from e
     print(format_markdown(report, config.to_dict()))
     print(f"report: {args.out / 'report.json'}, {args.out / 'report.md'}; plots: {args.out / 'plots'}")
     return 0
@@ -190,13 +184,15 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m streampro.cli.evaluate``: this command without the rest of the ``streampro`` CLI."""
+    from streampro.cli import run_command, setup_logging
+
     parser = argparse.ArgumentParser(prog="streampro evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="Log at DEBUG level.")
+    parser.add_argument("--debug", action="store_true", help="Show the traceback of a user error.")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    return run(args)
+    setup_logging(args.verbose)
+    return run_command("evaluate", run, args, debug=args.debug)
 
 
 if __name__ == "__main__":

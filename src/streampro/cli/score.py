@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from streampro.metrics.judges import JUDGES  # stdlib-only module: cheap at `streampro --help`
-
-MAX_ERRORS_SHOWN = 30
+from streampro.errors import UserError
+from streampro.metrics.inputs import add_judge_arguments  # stdlib-only module: cheap at `streampro --help`
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,30 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--predictions", required=True, type=Path, help="JSONL: {id, predictions: [{time, text}]}"
     )
     parser.add_argument("--references", required=True, type=Path, help="JSONL: one benchmark sample per line")
-    parser.add_argument(
-        "--judge",
-        default="lexical",
-        choices=JUDGES,
-        help="Answer-accuracy judge (default: lexical, an offline approximation).",
-    )
-    parser.add_argument("--lexical-method", default="token_f1", choices=("token_f1", "rougeL"))
-    parser.add_argument(
-        "--judge-base-url", help="llm judge: OpenAI-compatible API root, e.g. http://localhost:8000/v1"
-    )
-    parser.add_argument("--judge-model", help="llm judge: model name sent to the endpoint")
-    parser.add_argument(
-        "--judge-api-key-env",
-        default="OPENAI_API_KEY",
-        help="llm judge: environment variable holding the API key (default OPENAI_API_KEY)",
-    )
-    parser.add_argument(
-        "--judge-cache",
-        type=Path,
-        help="llm judge: SQLite cache file (default $STREAMPRO_JUDGE_CACHE or ~/.cache/streampro)",
-    )
-    parser.add_argument("--judge-concurrency", type=int, default=16, help="llm judge: requests in flight")
-    parser.add_argument("--judge-timeout", type=float, default=60.0, help="llm judge: seconds per request")
-    parser.add_argument("--judge-retries", type=int, default=5, help="llm judge: retries per request")
+    add_judge_arguments(parser)
     parser.add_argument(
         "--on-judge-failure",
         default="exclude",
@@ -64,104 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=5,
         help="Without --plot-samples: draw timelines of the first N samples (default 5).",
     )
-
-
-class InputError(ValueError):
-    """Problems in the input files; the message lists them with file and line."""
-
-
-def _read_jsonl(path: Path, parse, errors: list[str]) -> dict[str, tuple[int, object]]:
-    """id -> (line number, parsed record); problems are appended to ``errors``."""
-    from streampro.metrics.schema import FormatError
-
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    records: dict[str, tuple[int, object]] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                errors.append(
-                    f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); one JSON object per line"
-                )
-                continue
-            try:
-                sample_id, record = parse(obj)
-            except FormatError as e:
-                errors.append(f"{path}:{lineno}: {e}")
-                continue
-            if sample_id in records:
-                errors.append(
-                    f"{path}:{lineno}: duplicate id {sample_id!r} (first on line {records[sample_id][0]})"
-                )
-                continue
-            records[sample_id] = (lineno, record)
-    return records
-
-
-def load_inputs(predictions_path: Path, references_path: Path) -> tuple[list[list[dict]], list[dict]]:
-    """Read and validate both files; pair them by id in the references' order.
-
-    Raises :class:`InputError` listing every problem found (file:line: what and how to fix).
-    """
-    from streampro.metrics.schema import validate_prediction_record, validate_reference
-
-    def parse_reference(obj):
-        validate_reference(obj)
-        return str(obj["id"]), obj
-
-    def parse_prediction(obj):
-        sample_id, _ = validate_prediction_record(obj)
-        return sample_id, obj["predictions"]
-
-    errors: list[str] = []
-    refs = _read_jsonl(references_path, parse_reference, errors)
-    preds = _read_jsonl(predictions_path, parse_prediction, errors)
-    for sample_id, (lineno, _) in refs.items():
-        if sample_id not in preds:
-            errors.append(
-                f"{references_path}:{lineno}: id {sample_id!r} has no record in {predictions_path}; "
-                f'add {{"id": {json.dumps(sample_id)}, "predictions": []}} if the model stayed silent'
-            )
-    for sample_id, (lineno, _) in preds.items():
-        if sample_id not in refs:
-            errors.append(
-                f"{predictions_path}:{lineno}: id {sample_id!r} is not in {references_path}; remove it"
-            )
-    if errors:
-        shown = errors[:MAX_ERRORS_SHOWN]
-        more = f"\n... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
-        raise InputError(f"{len(errors)} problem(s) in the input files:\n" + "\n".join(shown) + more)
-    if not refs:
-        raise InputError(f"{references_path}: no samples")
-    ids = list(refs)
-    return [preds[i][1] for i in ids], [refs[i][1] for i in ids]
-
-
-def build_judge(args):
-    from streampro.metrics import make_judge
-
-    if args.judge == "lexical":
-        return make_judge("lexical", method=args.lexical_method)
-    if args.judge == "llm":
-        if not args.judge_base_url or not args.judge_model:
-            raise InputError(
-                "--judge llm needs --judge-base-url (e.g. http://localhost:8000/v1) and --judge-model"
-            )
-        return make_judge(
-            "llm",
-            base_url=args.judge_base_url,
-            model=args.judge_model,
-            api_key_env=args.judge_api_key_env,
-            cache_path=args.judge_cache,
-            max_concurrency=args.judge_concurrency,
-            timeout=args.judge_timeout,
-            max_retries=args.judge_retries,
-        )
-    return make_judge(args.judge)
 
 
 def format_table(results: dict, per_sample: list[dict]) -> str:
@@ -208,7 +85,8 @@ def _plot(args, predictions, references, results, judge) -> list[Path]:
         ids = [i.strip() for i in args.plot_samples.split(",") if i.strip()]
         unknown = [i for i in ids if i not in by_id]
         if unknown:
-            raise InputError(f"--plot-samples: ids {unknown} are not in {args.references}")
+            raise UserError(f"--plot-samples: ids {unknown} are not in {args.references}",
+                            "pass ids of samples in the references file")
     else:
         ids = list(by_id)[: args.plot_first]
     for sample_id in ids:
@@ -226,10 +104,14 @@ def _plot(args, predictions, references, results, judge) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from streampro.metrics import JudgeError, compute_streampro_f1
+    from streampro.metrics.inputs import InputError, judge_from_args, load_inputs
 
     try:
         predictions, references = load_inputs(args.predictions, args.references)
-        judge = build_judge(args)
+    except InputError as e:
+        raise e.to_user_error() from e
+    judge = judge_from_args(args)
+    try:
         results = compute_streampro_f1(
             predictions,
             references,
@@ -237,13 +119,14 @@ def run(args: argparse.Namespace) -> int:
             on_judge_failure=args.on_judge_failure,
             return_per_sample=True,
         )
-    except (ValueError, JudgeError) as e:  # InputError, FormatError, bad judge options
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except JudgeError as e:  # --on-judge-failure stop
+        raise UserError.from_exception(
+            e, "check the judge endpoint, or pass --on-judge-failure exclude to score without the failed pairs"
+        ) from e
     per_sample = results.pop("per_sample")
     if results["num_samples"] == 0:
-        print(f"error: no sample could be scored: the judge failed on all {len(per_sample)}", file=sys.stderr)
-        return 1
+        raise UserError(f"no sample could be scored: the judge failed on all {len(per_sample)}",
+                        "check the judge endpoint (see the log above) and run again; scores are cached")
     print(format_table(results, per_sample))
     if args.out:
         report = {
@@ -257,10 +140,6 @@ def run(args: argparse.Namespace) -> int:
         args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"report: {args.out}")
     if args.plot:
-        try:
-            written = _plot(args, predictions, references, {**results}, judge)
-        except InputError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        written = _plot(args, predictions, references, {**results}, judge)
         print(f"plots: {len(written)} file(s) in {args.plot}")
     return 0

@@ -3,25 +3,23 @@
 Example::
 
     streampro stream clip.mp4 --question "Tell me when the red square turns blue." --out events.jsonl
+
+The video and the options are checked before the model loads, so a wrong path or a question
+time past the end of the clip is reported at once (``streampro stream: error: ... — ...``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+import math
 from pathlib import Path
+
+from streampro.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("video", help="video file (anything PyAV decodes) or a directory of frame images")
+    parser.add_argument("video", type=Path, help="video file (anything PyAV decodes) or a directory of frame images")
     parser.add_argument("--question", required=True, help="the user's question")
-    add_streaming_arguments(parser)
-    parser.add_argument("--out", help="write one JSON event per frame to this JSONL file")
-
-
-def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `stream` and `demo`."""
     parser.add_argument("--model", help="StreamPro checkpoint directory (default: the embedded tiny model)")
     parser.add_argument("--question-time", type=float, default=0.0, help="seconds into the video (default 0)")
     parser.add_argument("--fps", type=float, default=1.0, help="frames per second sampled (default 1)")
@@ -34,52 +32,66 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-budget", type=int, default=None, help="context budget for --memory round_decay")
     parser.add_argument("--max-pixels", type=int, default=None, help="downscale frames to at most this many pixels")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    parser.add_argument("--out", type=Path, help="write one JSON event per frame to this JSONL file (folders are created)")
 
 
-def print_events(events, out_path: str | None = None, stream=None) -> list[dict]:
-    """Print responses as they happen (silent stretches summarised); optionally write every event as JSONL."""
-    stream = stream or sys.stdout
-    out = open(out_path, "w", encoding="utf-8") if out_path else None
-    records, silent_from = [], None
+def check_options(args: argparse.Namespace) -> None:
+    """Raise :class:`UserError` for an option out of range (named by its flag)."""
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        raise UserError(f"--fps {args.fps:g}: must be a number > 0", "pass e.g. --fps 1 (one frame per second)")
+    if not (math.isfinite(args.question_time) and args.question_time >= 0):
+        raise UserError(f"--question-time {args.question_time:g}: must be a number of seconds >= 0",
+                        "pass the time into the video at which the question is asked, e.g. --question-time 0")
+    for flag, value in (("--window-turns", args.window_turns), ("--max-new-tokens", args.max_new_tokens),
+                        ("--token-budget", args.token_budget), ("--max-pixels", args.max_pixels)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be >= 1", f"pass a positive {flag} or leave it out")
+    if args.response_threshold is not None and not 0 <= args.response_threshold <= 1:
+        raise UserError(f"--response-threshold {args.response_threshold:g}: must be a probability in [0, 1]",
+                        "pass e.g. --response-threshold 0.5, or leave it out for the arg-max decision")
+    if args.out is not None and args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a directory", "pass a file path, e.g. --out events.jsonl")
+
+
+def open_frames(args: argparse.Namespace):
+    """The video's frame iterator, opened and checked (question time within the clip) before any model loads."""
+    from streampro.modeling_streampro.time_streampro import num_turns, turn_index_for_time
+    from streampro.video import VideoReadError, iter_image_dir, iter_video_frames, probe_video
+
+    video: Path = args.video
     try:
-        for ev in events:
-            rec = ev.to_dict()
-            records.append(rec)
-            if out:
-                out.write(json.dumps(rec) + "\n")
-                out.flush()
-            if silent_from is not None and (ev.question or ev.decision != "silence"):
-                print(f"           (silent {silent_from:g}-{ev.time - 1:g}s)", file=stream)
-                silent_from = None
-            if ev.question:
-                print(f"[{ev.time:7.1f}s] question: {ev.question}", file=stream, flush=True)
-            if ev.decision == "silence":
-                silent_from = ev.time if silent_from is None else silent_from
-                continue
-            p = "" if ev.p_response is None else f"  (p={ev.p_response:.2f})"
-            print(f"[{ev.time:7.1f}s] {ev.text}{p}", file=stream, flush=True)
-        if silent_from is not None:
-            print(f"           (silent {silent_from:g}-{records[-1]['time']:g}s)", file=stream)
-    finally:
-        if out:
-            out.close()
-    n = sum(r["decision"] == "response" for r in records)
-    print(f"{len(records)} frames, {n} responses", file=stream)
-    return records
-
-
-def stream_video(args: argparse.Namespace, video: Path, question: str):
-    from streampro.loading import load_model_and_processor
-    from streampro.video import iter_image_dir, iter_video_frames
-
-    model, processor = load_model_and_processor(args.model, device=args.device)
-    if video.is_dir():
-        frames = iter_image_dir(video, fps=args.fps)
-    else:
+        if video.is_dir():
+            return iter_image_dir(video, fps=args.fps)
+        info = probe_video(video)
         frames = iter_video_frames(video, fps=args.fps, max_pixels=args.max_pixels)
-    return model.generate_stream(
+    except VideoReadError as e:
+        raise UserError.from_exception(e, "pass a readable video file or a folder of frame images") from e
+    n = num_turns(info.duration, args.fps)
+    if turn_index_for_time(args.question_time, args.fps) >= n:
+        raise UserError(
+            f"--question-time {args.question_time:g}: beyond the end of {video} "
+            f"({info.duration:g} s, {n} frame(s) at --fps {args.fps:g})",
+            f"pass a question time of at most {n / args.fps:g} s",
+        )
+    return frames
+
+
+def run(args: argparse.Namespace) -> int:
+    from streampro.events import print_events
+    from streampro.loading import load_model_and_processor
+    from streampro.video import VideoReadError
+
+    check_options(args)
+    frames = open_frames(args)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        model, processor = load_model_and_processor(args.model, device=args.device)
+    except FileNotFoundError as e:
+        raise UserError.from_exception(e, "pass --model DIR, a StreamPro checkpoint directory") from e
+    events = model.generate_stream(
         frames,
-        question,
+        args.question,
         processor=processor,
         question_time=args.question_time,
         fps=args.fps,
@@ -89,9 +101,12 @@ def stream_video(args: argparse.Namespace, video: Path, question: str):
         memory=args.memory,
         token_budget=args.token_budget,
     )
-
-
-def run(args: argparse.Namespace) -> int:
-    video = Path(args.video)
-    print_events(stream_video(args, video, args.question), args.out)
+    try:
+        print_events(events, args.out)
+    except VideoReadError as e:  # a frame past the header check could not be decoded (truncated, corrupt)
+        raise UserError.from_exception(e, "repair or re-encode the video") from e
+    except ValueError as e:  # the engine: a question time past the last frame of a folder of images
+        if "question time" not in str(e):
+            raise
+        raise UserError(str(e), "pass a --question-time within the stream") from e
     return 0

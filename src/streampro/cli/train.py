@@ -2,8 +2,10 @@
 
     streampro train sft --config recipes/sft/tiny_synth_cpu.yaml [--field value ...]
 
-Everything after the stage name goes unparsed to the stage's ``main(argv)`` (a ``TrlParser``), so
-``streampro train sft --help`` lists every config field. A new stage is one entry in ``STAGES``.
+Everything after the stage name goes unparsed to the stage's ``main(argv)`` (a ``TrlParser``, see
+:mod:`streampro.trainer.script`): ``streampro train sft --help`` lists the StreamPro fields,
+``--help-all`` also the inherited TRL / transformers ones. Fields keep the dataclasses'
+underscores (``--learning_rate``), as in the recipes. A new stage is one entry in ``STAGES``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, (_, help_text) in STAGES.items():
         # '+' as the only prefix char: every '--field' is left for the stage's own TrlParser.
         sub = stages.add_parser(name, help=help_text, description=help_text, add_help=False, prefix_chars="+")
-        sub.add_argument("stage_args", nargs=argparse.REMAINDER, help="arguments of the stage script (--help lists them)")
+        sub.add_argument("stage_args", nargs=argparse.REMAINDER, help="--config RECIPE.yaml and --field value overrides (--help, --help-all list the fields)")
 
 
 def run(args) -> int:

@@ -32,6 +32,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from streampro.errors import UserError
+from streampro.jsonl import iter_jsonl
+
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "run_config.json"
@@ -99,23 +102,16 @@ def read_benchmark(path: Path, limit: int | None = None) -> list[dict]:
     if not path.is_file():
         raise RunError(f"--benchmark {path}: no such file; pass a references JSONL (`streampro data build bench`)")
     refs, seen = [], {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RunError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); one object per line") from None
-            if not isinstance(obj, dict) or isinstance(obj.get("id"), bool) or not isinstance(obj.get("id"), (str, int)):
-                raise RunError(f"{path}:{lineno}: every reference needs an 'id' (string); got {str(obj)[:80]}")
-            sample_id = str(obj["id"])
-            if sample_id in seen:
-                raise RunError(f"{path}:{lineno}: duplicate id {sample_id!r} (first on line {seen[sample_id]}); ids must be unique")
-            seen[sample_id] = lineno
-            refs.append(obj)
-            if limit is not None and len(refs) >= limit:
-                break
+    for lineno, obj in iter_jsonl(path):  # a line that is not JSON: UserError naming file:line:column
+        if not isinstance(obj, dict) or isinstance(obj.get("id"), bool) or not isinstance(obj.get("id"), (str, int)):
+            raise RunError(f"{path}:{lineno}: every reference needs an 'id' (string); got {str(obj)[:80]}")
+        sample_id = str(obj["id"])
+        if sample_id in seen:
+            raise RunError(f"{path}:{lineno}: duplicate id {sample_id!r} (first on line {seen[sample_id]}); ids must be unique")
+        seen[sample_id] = lineno
+        refs.append(obj)
+        if limit is not None and len(refs) >= limit:
+            break
     if not refs:
         raise RunError(f"{path}: no samples")
     return refs
@@ -129,10 +125,10 @@ def check_run_config(out_dir: Path, config: EvalConfig) -> None:
         stored = json.loads(path.read_text(encoding="utf-8"))
         diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
         if diff:
-            lines = [f"  {k}: run directory has {stored.get(k)!r}, this command has {wanted.get(k)!r}" for k in diff]
-            raise RunError(
-                f"{out_dir} holds a run made with different arguments:\n" + "\n".join(lines)
-                + "\nresume with the original arguments, or pass a new --out directory"
+            raise UserError(
+                f"{out_dir} holds a run made with different arguments",
+                "resume with the original arguments, or pass a new --out directory",
+                details=[f"{k}: run directory has {stored.get(k)!r}, this command has {wanted.get(k)!r}" for k in diff],
             )
         return
     out_dir.mkdir(parents=True, exist_ok=True)

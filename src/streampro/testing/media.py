@@ -23,3 +23,18 @@ def save_tiny_checkpoint(directory: str | Path, backbone: str = "qwen2_5_vl", se
     tb.model.save_pretrained(directory)
     tb.processor.save_pretrained(directory)
     return directory
+
+
+def write_audio_only(path: str | Path, seconds: float = 1.28) -> Path:
+    """A file with one AAC audio stream and no video stream (16 kHz silence), e.g. ``speech.m4a``."""
+    import av
+
+    path = Path(path)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for i in range(round(seconds * 16000 / 1024)):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

@@ -192,7 +192,7 @@ class StreamProForConditionalGeneration(StreamProPreTrainedModel, GenerationMixi
             details = "; ".join(f"{k}: {v[:5]}{' ...' if len(v) > 5 else ''}" for k, v in problems.items() if v)
             raise ValueError(
                 f"checkpoint {source} does not match StreamProForConditionalGeneration ({details}). "
-                "Convert base Qwen-VL checkpoints with `streampro convert-backbone SRC DST`."
+                "Convert base Qwen-VL checkpoints with `streampro convert-backbone SRC --out DST`."
             )
         return (model, info) if want_info else model
 
@@ -438,7 +438,7 @@ class StreamSession:
         if cfg.silence_token_id is None or cfg.response_token_id is None:
             raise ValueError(
                 "this checkpoint has no decision tokens (config.silence_token_id / response_token_id unset); "
-                "convert it with `streampro convert-backbone SRC DST`"
+                "convert it with `streampro convert-backbone SRC --out DST`"
             )
         if (processor.silence_token_id, processor.response_token_id) != (cfg.silence_token_id, cfg.response_token_id):
             raise ValueError(
