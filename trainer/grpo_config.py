@@ -126,7 +126,7 @@ class StreamProGRPOConfig(GRPOConfig):
         },
     )
     frame_cache_dir: str | None = field(
-        default=None, metadata={"help": "Optional directory for decoded-frame .npz caches."}
+        default=None, metadata={"help": "Optional directory for decoded-frame .npz caches (empty = off)."}
     )
     max_pixels: int | None = field(
         default=None,
@@ -151,9 +151,21 @@ class StreamProGRPOConfig(GRPOConfig):
         },
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
+    # TRL re-defaults the deprecated alias `gradient_checkpointing` to True, which makes transformers 5.23 warn on
+    # every config; here the same default is given under the current name (see __post_init__).
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers 5.23); use that."}
+    )
 
     def __post_init__(self):
+        # TRL's default (checkpointing on), unless either name is set; a recipe sets activation_checkpointing.
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True
         super().__post_init__()
+        # An empty string (`--frames_root ""`, `frame_cache_dir: ""`) switches an optional path off, as in SFT.
+        for name in ("frames_root", "frame_cache_dir"):
+            if getattr(self, name) == "":
+                setattr(self, name, None)
         for name in ("turn_judge_options", "rubric_judge_options"):
             if isinstance(getattr(self, name), str):  # the CLI passes dicts as JSON strings
                 import json
@@ -223,8 +235,8 @@ class GRPOScriptArguments:
     model: str = field(
         default="tiny:qwen2_5_vl",
         metadata={
-            "help": "A StreamPro checkpoint directory (usually the SFT output), or 'tiny:qwen2_5_vl' / 'tiny:qwen3_vl' "
-            "for a tiny randomly initialised model (CPU recipes, tests)."
+            "help": "A StreamPro checkpoint: a local directory (usually the SFT output), a Hub repo id (org/name), "
+            "or 'tiny:qwen2_5_vl' / 'tiny:qwen3_vl' for a tiny randomly initialised model (CPU recipes, tests)."
         },
     )
     train_file: str | None = field(

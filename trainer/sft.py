@@ -30,7 +30,8 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 
 
 def load_model(name: str, tiny_seed: int = 0, dtype: str | None = None):
-    """(model, processor) from a StreamPro checkpoint directory or ``tiny:<backbone>``."""
+    """(model, processor) from a StreamPro checkpoint: a local directory, a Hub repo id
+    (``org/name``, downloaded or read from the Hugging Face cache), or ``tiny:<backbone>``."""
     import torch
 
     if name.startswith("tiny:"):
@@ -41,20 +42,46 @@ def load_model(name: str, tiny_seed: int = 0, dtype: str | None = None):
             raise ValueError(f"model {name!r}: unknown tiny backbone; use one of {[f'tiny:{b}' for b in BACKBONES]}")
         tb = build_tiny_backbone(backbone, seed=tiny_seed, streampro=True)
         return tb.model, tb.processor
-    from pathlib import Path
-
     from streampro.modeling_streampro.modeling_streampro import StreamProForConditionalGeneration
     from streampro.modeling_streampro.processing_streampro import StreamProProcessor
 
-    if not (Path(name) / "config.json").is_file():
-        raise FileNotFoundError(
-            f"model {name!r} is not a checkpoint directory (no config.json); pass a StreamPro checkpoint "
-            "(`streampro convert-backbone BASE --out DIR`) or 'tiny:qwen2_5_vl' / 'tiny:qwen3_vl'"
-        )
+    check_model_name(name)
     # No device move here: Trainer places the model (and DeepSpeed ZeRO-3 partitions it at load time).
     torch_dtype = torch.float32 if dtype in (None, "auto") else getattr(torch, dtype)
     model = StreamProForConditionalGeneration.from_pretrained(name, dtype=torch_dtype)  # strict loading
     return model, StreamProProcessor.from_pretrained(name, trust_remote_code=True)
+
+
+def check_model_name(name: str) -> None:
+    """A local path must be a checkpoint directory; anything else must be a Hub repo id (``org/name``).
+
+    A Hub id goes to ``from_pretrained`` as it is (the Hub's StreamPro checkpoints, or the cache
+    with ``HF_HUB_OFFLINE=1``); an existing path without ``config.json`` or a malformed id is refused
+    here, before any download.
+    """
+    from pathlib import Path
+
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    path = Path(name)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model {name!r} is not a checkpoint directory (no config.json); pass a StreamPro checkpoint "
+                "(`streampro convert-backbone BASE --out DIR`), a Hub id (org/name) or 'tiny:qwen2_5_vl' / 'tiny:qwen3_vl'"
+            )
+        return
+    try:
+        validate_repo_id(name)
+        is_repo_id = name.count("/") == 1 and not name.startswith((".", "~"))
+    except HFValidationError:
+        is_repo_id = False
+    if not is_repo_id:
+        raise FileNotFoundError(
+            f"model {name!r} is not a checkpoint directory (no such directory) nor a Hub repo id (org/name); pass a "
+            "StreamPro checkpoint directory, a Hub id or 'tiny:qwen2_5_vl' / 'tiny:qwen3_vl'"
+        )
 
 
 def lora_config(model_args, processor):

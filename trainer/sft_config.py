@@ -76,8 +76,16 @@ class StreamProSFTConfig(SFTConfig):
         metadata={"help": "Must stay None: streaming conversations are not truncated (image tokens would be cut)."},
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
+    # TRL re-defaults the deprecated alias `gradient_checkpointing` to True, which makes transformers 5.23 warn on
+    # every config; here the same default is given under the current name (see __post_init__).
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers 5.23); use that."}
+    )
 
     def __post_init__(self):
+        # TRL's default (checkpointing on), unless either name is set; a recipe sets activation_checkpointing.
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True
         super().__post_init__()
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
@@ -113,8 +121,9 @@ class SFTScriptArguments:
     model: str = field(
         default="tiny:qwen2_5_vl",
         metadata={
-            "help": "A StreamPro checkpoint directory (e.g. from `streampro convert-backbone`), or "
-            "'tiny:qwen2_5_vl' / 'tiny:qwen3_vl' for a tiny randomly initialised model (CPU recipes, tests)."
+            "help": "A StreamPro checkpoint: a local directory (e.g. from `streampro convert-backbone`), a Hub "
+            "repo id (org/name), or 'tiny:qwen2_5_vl' / 'tiny:qwen3_vl' for a tiny randomly initialised model "
+            "(CPU recipes, tests)."
         },
     )
     train_file: str | None = field(

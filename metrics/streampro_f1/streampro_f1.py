@@ -1,17 +1,33 @@
-"""StreamPro-F1 as an ``evaluate`` metric module.
+"""StreamPro-F1 as an ``evaluate`` metric module, self-contained: this folder runs without the
+``streampro`` package (a Hub copy needs only ``evaluate`` and ``datasets``).
 
-Load it offline from a checkout or an installed package::
+Load it offline from the folder that holds it, from anywhere by path, or from the Hub after
+``hf upload <org>/streampro_f1 metrics/streampro_f1 . --repo-type space``::
 
     import evaluate
-    metric = evaluate.load("metrics/streampro_f1")
+    metric = evaluate.load("streampro_f1")            # working directory: metrics/
+    metric = evaluate.load("path/to/metrics/streampro_f1")
+    metric = evaluate.load("<org>/streampro_f1")      # the uploaded Space
 
-The maths lives in :mod:`streampro.metrics` (plain functions, no ``evaluate`` needed); this file
-only declares the inputs and forwards to :func:`streampro.metrics.compute_streampro_f1`.
+The maths is plain functions in ``scoring.py`` (no ``evaluate`` needed; the package re-exports it as
+:mod:`streampro.metrics`); this file declares the inputs and forwards to
+:func:`~.scoring.compute_streampro_f1`.
 """
 
 import datasets
 import evaluate
-from streampro.metrics import FormatError, compute_streampro_f1, validate_reference
+
+# evaluate copies only the sibling files this script imports itself (it does not follow their
+# imports), so every file of the module is imported here. No comment may follow an import line:
+# evaluate reads "import x  # text" as "fetch x from the URL text".
+from .judges import OFFLINE_JUDGES, make_judge
+from .schema import FormatError, validate_reference
+from .scoring import compute_streampro_f1
+from .segments import parse_segment
+from .tasks import TASKS
+
+__all__ = ["OFFLINE_JUDGES", "TASKS", "FormatError", "StreamproF1", "compute_streampro_f1", "make_judge",
+           "parse_segment"]
 
 _CITATION = """\
 @article{streampro2026,
@@ -39,8 +55,8 @@ Args:
         "question_time", "video", "duration", "answers"}; each answer has "text" and either
         "time" (OU, AA, GP, RF) or "start" and "end" (EU, TP, TG).
     judge: how answer accuracy is scored: "exact", "contains", "lexical" (default),
-        "embedding", "llm" (needs a configured object), or a judge object from
-        `streampro.metrics.make_judge(...)`.
+        "embedding" (needs wordllama), or a judge object; the paper's LLM judge needs the
+        streampro package: `streampro.metrics.make_judge("llm", base_url=..., model=...)`.
     on_judge_failure: "exclude" (default; the sample is left out and counted) or "stop".
     return_per_sample: also return per-sample precision / recall / f1 in [0, 1].
 Returns:
@@ -49,7 +65,7 @@ Returns:
     parse_failures, and per_sample when asked.
 Examples:
     >>> import evaluate
-    >>> metric = evaluate.load("metrics/streampro_f1")
+    >>> metric = evaluate.load("streampro_f1")  # from the folder that holds streampro_f1/
     >>> reference = {"id": "s1", "task": "OU", "question": "Tell me when the door opens.",
     ...              "question_time": 0.0, "video": "v.mp4", "duration": 30.0,
     ...              "answers": [{"text": "The door is open now.", "time": 10.0}]}
@@ -83,7 +99,7 @@ def _arrow_ready(reference, index):
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class StreamproF1(evaluate.Metric):
-    """StreamPro-F1 (docs/method.md §3); see streampro.metrics.f1 for the decisions it implements."""
+    """StreamPro-F1 (docs/method.md §3); scoring.py lists the decisions it implements (D1-D11)."""
 
     def _info(self):
         return evaluate.MetricInfo(

@@ -61,14 +61,13 @@ PREDICTIONS = [
 SCRIPT = """
 import json, sys
 import evaluate
-from streampro.metrics import FormatError
 data = json.loads(sys.stdin.read())
 metric = evaluate.load(data["path"])
 out = {"result": metric.compute(predictions=data["predictions"], references=data["references"],
                                 judge="lexical", return_per_sample=True)}
 try:
     metric.compute(predictions=[[]], references=[{"id": "x", "task": "XX"}])
-except FormatError as e:
+except ValueError as e:  # the module's FormatError, a ValueError
     out["error"] = str(e)
 print(json.dumps(out))
 """

@@ -112,7 +112,7 @@ def trainer(tmp_path_factory):
         output_dir=str(root / "out"),
         use_cpu=True,
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         per_device_train_batch_size=2,
         num_generations=2,
         max_steps=1,

@@ -54,7 +54,7 @@ def test_unknown_recipe_keys_are_rejected(tmp_path):
 @pytest.mark.parametrize("name", sorted(PAPER_RECIPES))
 def test_paper_recipes_hold_the_paper_setup(name):
     raw = yaml.safe_load((RECIPES / "sft" / name).read_text())
-    assert raw["bf16"] is True and raw["gradient_checkpointing"] is True
+    assert raw["bf16"] is True and raw["activation_checkpointing"] is True
     assert raw["learning_rate"] == pytest.approx(1e-5) and raw["num_train_epochs"] == 1
     assert raw["freeze_vision"] is True and raw["loss_type"] == "cb_stream"
     assert raw["cb_beta"] == pytest.approx(0.9999) and raw["text_weight"] == pytest.approx(2.0)

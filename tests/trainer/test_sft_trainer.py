@@ -47,7 +47,7 @@ def make_trainer(tmp_path, data, backbone="qwen2_5_vl", n_records=8, **overrides
     tb = build_tiny_backbone(backbone, seed=0, streampro=True)
     tb.model.train()
     args = {
-        "output_dir": str(tmp_path / "out"), "use_cpu": True, "bf16": False, "gradient_checkpointing": False,
+        "output_dir": str(tmp_path / "out"), "use_cpu": True, "bf16": False, "activation_checkpointing": False,
         "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": 1, "learning_rate": 1.0,
         "optim": "sgd", "lr_scheduler_type": "constant", "warmup_steps": 0, "weight_decay": 0.0,
         "max_grad_norm": 0.0, "train_sampling_strategy": "sequential", "logging_steps": 1, "save_strategy": "no",
@@ -177,7 +177,7 @@ def test_save_then_resume_continues_identically(tmp_path, data):
 def test_gradient_checkpointing_gives_the_same_update(tmp_path, data):
     """The paper recipes train with gradient checkpointing and a frozen vision tower: same step as without."""
     plain = make_trainer(tmp_path / "a", data, n_records=4, freeze_vision=True)
-    checkpointed = make_trainer(tmp_path / "b", data, n_records=4, freeze_vision=True, gradient_checkpointing=True)
+    checkpointed = make_trainer(tmp_path / "b", data, n_records=4, freeze_vision=True, activation_checkpointing=True)
     plain.train()
     checkpointed.train()
     for n, p in params(plain.model).items():
