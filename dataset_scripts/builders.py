@@ -11,8 +11,12 @@ Run::
   until a rubric writer fills it).
 - **bench**: the metric's reference JSONL (:func:`~streampro.dataset_scripts.schema.to_reference`).
 
-Each writes ``OUT/{split}.jsonl`` plus a dataset card ``OUT/README.md`` whose YAML ``configs``
-front matter lets ``datasets.load_dataset(OUT)`` read every split file in ``OUT``.
+Each writes ``OUT/{split}.jsonl``, the same rows as the Parquet shard
+``OUT/{split}-00000-of-00001.parquet`` (declared features, :mod:`~streampro.dataset_scripts.hub`) and a
+dataset card ``OUT/README.md`` whose YAML ``configs`` front matter lets ``datasets.load_dataset(OUT)``
+read every split's shard in ``OUT``. Both are moved
+into place when whole; ``OUT/manifest.json`` records the kind and fps (a build of another kind or
+fps into the folder is refused) and the temporary files of a killed build are removed by the next.
 
 Placement rules of the SFT builder (counted in the summary, never silent):
 
@@ -34,6 +38,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from streampro.dataset_scripts import hub, manifest
 from streampro.dataset_scripts.schema import (
     SEGMENT_TASKS,
     answer_time,
@@ -152,20 +157,6 @@ _CARD_INTRO = {
 }
 
 
-def dataset_card(configs: dict[str, dict[str, str]], title: str, body: str, license_: str = "other") -> str:
-    """A dataset card whose YAML front matter declares ``configs`` (name -> {split: path})."""
-    lines = ["---", f"license: {license_}", "configs:"]
-    for i, (name, splits) in enumerate(configs.items()):
-        lines.append(f"- config_name: {name}")
-        if i == 0 and len(configs) > 1:
-            lines.append("  default: true")
-        lines.append("  data_files:")
-        for split, path in splits.items():
-            lines += [f"  - split: {split}", f"    path: {path}"]
-    lines += ["---", "", f"# {title}", "", body.strip(), ""]
-    return "\n".join(lines)
-
-
 _SPLIT_NAME = re.compile(r"^\w+$")
 
 
@@ -186,17 +177,28 @@ def build(kind: str, raw_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     for sample in tqdm(samples, desc=f"build {kind}", unit="sample", disable=not progress):
         rows += build_records(kind, [sample], fps, stats)
     out_dir = Path(out_dir)
+    # One kind and fps per folder (dataset_scripts/manifest.py); files of a killed build are cleaned up.
+    settings = {"kind": kind, "fps": float(fps)}
+    manifest.begin(out_dir, "data build", settings, data_entries=())
+    manifest.remove_stale_temporaries(out_dir)
     write_jsonl(out_dir / f"{split}.jsonl", rows)
     splits = {p.stem: p.name for p in sorted(out_dir.glob("*.jsonl"))}
+    sources = sorted({str(s.get("source") or "unknown") for s in samples})
     body = (
-        f"{_CARD_INTRO[kind]}\n\nBuilt by `streampro data build {kind}` at {fps:g} fps. "
-        "The licence is that of the source annotations (several public sets are non-commercial, "
-        "CC BY-NC-SA): check the `source` of the raw data before any use beyond research.\n\n"
-        "Load with `datasets.load_dataset(\"path/to/this/folder\")`."
+        f"{_CARD_INTRO[kind]}\n\nBuilt by `streampro data build {kind}` at {fps:g} fps.\n\n"
+        "## License\n\nThe rows keep the licence of their source annotations (and the videos that of "
+        f"their owners). Sources of the latest build: {', '.join(f'`{s}`' for s in sources)}. Several "
+        "public sets StreamPro converts are released for non-commercial research only (CC BY-NC-SA or "
+        "similar terms): check each source's terms before any use beyond research.\n\n"
+        "Load with `datasets.load_dataset(\"path/to/this/folder\")`; publish with "
+        "`hf upload <org>/<name> path/to/this/folder . --repo-type dataset`."
     )
-    (out_dir / "README.md").write_text(
-        dataset_card({"default": splits}, f"StreamPro {kind} data", body), encoding="utf-8"
-    )
+    # Parquet shards beside the JSONL files and a card with declared features (dataset_scripts/hub.py).
+    card = hub.write_dataset(out_dir, {"default": (kind, splits)}, title=f"StreamPro {kind} data", body=body,
+                             license_="other", license_name="source-annotation-licences",
+                             tags=("non-commercial-sources",))
+    manifest.write_text_atomic(out_dir / "README.md", card)
+    manifest.finish(out_dir, "data build", settings)
     return stats
 
 

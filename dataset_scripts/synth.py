@@ -16,8 +16,15 @@ is where ``turn_index_for_time(t*)`` puts the response. t* per task (docs/method
 the anomaly onset, EU/TP the end of the event span, TG the segment end (answer ``"Ss - Es"``), GP the
 completion of the previous step, RF impact − 3 s (constant walking speed ``RF_SPEED`` px/s).
 
-Output (``OUT/``): ``videos/*.mp4``, ``raw/{split}.jsonl``, ``sft|rl|bench/{split}.jsonl`` and a
-dataset card ``README.md`` (configs ``sft`` (default), ``rl``, ``bench``) for ``datasets.load_dataset``.
+Output (``OUT/``): ``videos/*.mp4``, ``raw/{split}.jsonl``, ``sft|rl|bench/{split}.jsonl``, the same rows
+as Parquet shards ``sft|rl|bench/{split}-00000-of-00001.parquet`` (declared features) and a dataset
+card ``README.md`` (configs ``sft`` (default), ``rl``, ``bench``) for ``datasets.load_dataset``.
+
+Interruptions (``dataset_scripts/manifest.py``): ``OUT/manifest.json`` records the settings before
+the first file and is marked complete after the last data file; every file is moved into place
+only when whole. Running the same command again resumes (videos already in place are kept) and
+gives the files of an uninterrupted run; a folder of other settings, or synth files without a
+manifest, is refused, never overwritten in part.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from streampro.dataset_scripts.builders import build_records, dataset_card
+from streampro.dataset_scripts import hub, manifest
+from streampro.dataset_scripts.builders import build_records
 from streampro.dataset_scripts.schema import TASKS, format_segment, to_reference, validate_raw
 
 from streampro.jsonl import write_jsonl
@@ -41,6 +49,7 @@ logger = logging.getLogger(__name__)
 ENCODE_FPS = 2  # frames per second in the files; the 1-fps samples fall on even frames
 MIN_DURATION, MAX_DURATION = 12, 24  # seconds
 SPLITS = ("train", "validation", "test")
+SYNTH_ENTRIES = ("videos", "raw", "sft", "rl", "bench", "README.md")  # what a run writes (and `manifest.json`)
 RF_SPEED = 5.0  # px/s at 112 px: the walker is 3 * RF_SPEED px from impact at the warning time
 RF_LEAD = 3  # seconds between the warning and the impact (docs/method.md §2)
 
@@ -555,6 +564,12 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
     if not (16 <= size <= 112) or size % 2:
         raise ValueError(f"--size must be an even number of pixels in [16, 112], got {size}")
     out = Path(out_dir)
+    settings = {"n": n, "seed": seed, "size": size, "control": control, "captions": captions,
+                "motion_captions": motion_captions, "extra_train": extra_train, "extra_validation": extra_validation}
+    # Refuse a folder of another run; resume an interrupted one (dataset_scripts/manifest.py).
+    manifest.begin(out, "data synth", settings, data_entries=SYNTH_ENTRIES)
+    for folder in (out, *(out / name for name in SYNTH_ENTRIES)):
+        manifest.remove_stale_temporaries(folder)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     plan = []  # (split, task, index)
     counts_by_task = per_task_counts(n)
@@ -585,7 +600,8 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
         clip = make_clip(task, i, seed, size)
         sample_id = f"synth-{task}-{i:05d}"
         video = f"videos/{sample_id}.mp4"
-        encode_video(out / video, clip_frames(clip), ENCODE_FPS)
+        if not (out / video).is_file():  # present: whole (moved into place once encoded) and of these settings
+            manifest.write_atomic(out / video, lambda tmp: encode_video(tmp, clip_frames(clip), ENCODE_FPS))
         sample = {
             "id": sample_id, "task": clip.task, "source": "streampro-synth", "video": video,
             "duration": float(clip.duration), "question": clip.question, "question_time": clip.question_time,
@@ -627,7 +643,14 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
         clips = [s for split in SPLITS for s in raw[split] + extra_raw[split]]
         build_records("sft", [s for s in clips if s["task"] == task], 1.0, task_stats)
         stats["tasks"][task] = dict(task_stats)
-    (out / "README.md").write_text(_card(stats), encoding="utf-8")
+    if not stats["splits"]["test"]["clips"]:
+        logger.warning("--n %d gives no test clips (a task needs 3 clips for one validation and one test clip): "
+                       "bench/test.jsonl is empty; use --n %d or more to evaluate on the test split",
+                       n, 3 * len(TASKS))
+    # The completion mark, then the card (``streampro reproduce`` takes a card as a finished data stage).
+    card = _card(stats, out)  # writes the Parquet shards too
+    manifest.finish(out, "data synth", settings)
+    manifest.write_text_atomic(out / "README.md", card)
     return stats
 
 
@@ -648,8 +671,14 @@ _TASK_DOC = {
 }
 
 
-def _card(stats: dict) -> str:
-    configs = {kind: {s: f"{kind}/{s}.jsonl" for s in SPLITS} for kind in ("sft", "rl", "bench")}
+def _card(stats: dict, out: Path) -> str:
+    """The dataset card; writes the Parquet shards of every config first (dataset_scripts/hub.py)."""
+    configs = {kind: (kind, {s: f"{kind}/{s}.jsonl" for s in SPLITS}) for kind in ("sft", "rl", "bench")}
+    # The extra clip sets are configs of their own (their JSONL files sit beside the main ones).
+    extra_sets = [("control", ("bench",))] if stats.get("control") else []
+    extra_sets += [(name, ("sft", "bench")) for name in ("caption", "motion_caption") if stats.get(f"{name}s")]
+    for name, kinds in extra_sets:
+        configs.update({f"{kind}_{name}": (kind, {s: f"{kind}/{name}_{s}.jsonl" for s in SPLITS}) for kind in kinds})
     rows = ["| task | clips | turns | response turns | silence turns | silence turns after the question |",
             "|---|---|---|---|---|---|"]
     for task, st in stats["tasks"].items():
@@ -718,9 +747,13 @@ walker's constant speed and distance.
 ## Files
 `videos/*.mp4`; `raw/{{split}}.jsonl` (the raw schema, with generator facts under `meta`);
 configs `sft` (default; streaming conversations), `rl` (questions, answers, `rubric` slot) and
-`bench` (StreamPro-F1 references): `datasets.load_dataset(DIR, "bench", split="test")`.
+`bench` (StreamPro-F1 references): `datasets.load_dataset(DIR, "bench", split="test")`; the extra
+clip sets above, when generated, are the configs `bench_control`, `sft_caption`, `bench_caption`,
+`sft_motion_caption`, `bench_motion_caption`. Each config is one Parquet shard per split
+(`{{kind}}/{{split}}-00000-of-00001.parquet`) beside the JSONL file the `streampro` commands read.
 
 ## License
 Apache-2.0 (generated by StreamPro's own code; no third-party content).
 """
-    return dataset_card(configs, "StreamPro-Synth", body, license_="apache-2.0")
+    return hub.write_dataset(out, configs, title="StreamPro-Synth", body=body, license_="apache-2.0",
+                             tags=("synthetic",))
