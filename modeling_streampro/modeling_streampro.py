@@ -20,6 +20,10 @@ in the context. Memory policies:
   therefore *exactly* a fresh run over the kept turns; between slides the window grows by one
   turn per frame. Cost: one turn per frame plus, every ``evict_turns`` frames, one prefill of
   the kept window.
+* ``"sink_window"`` (StreamingVLM-style, for unbounded streams): the turns of ``"window"``, but an
+  eviction drops the evicted turns' KV entries in place and re-bases the kept entries' M-RoPE
+  positions by rotating their cached keys (``_rebase_keys``), with no re-prefill. An approximation:
+  kept entries in layers >= 1 were computed with the evicted turns in context (docs/engine.md).
 * ``"round_decay"`` (StreamBridge, docs/method.md §7): no turn is dropped while compression can help.
   When the context exceeds ``token_budget`` tokens, adjacent frame tokens of the oldest turns are
   average-pooled (2x along the longer side of the token grid), oldest turn first, round by round,
@@ -27,11 +31,15 @@ in the context. Memory policies:
   per-frame); the newest frame is never pooled. If every older frame is down to one token and
   the context still does not fit, the oldest unpinned turns are dropped. The kept context is
   then prefilled again, with positions recomputed for the pooled grids.
+
+Batched streams (:class:`StreamSessions`, ``generate_streams``): B sessions whose prefills and
+answer-decoding steps run in one padded forward per round, with the events of B single sessions.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -163,12 +171,35 @@ class StreamProForConditionalGeneration(StreamProPreTrainedModel, GenerationMixi
             attentions=outputs.attentions,
         )
 
-    def prepare_inputs_for_generation(self, *args, **kwargs):
-        # Plain `generate()` works like the backbone's (pixel values only on the first step, rope deltas).
-        return _backbone_classes(self.config.backbone)[2].prepare_inputs_for_generation(self, *args, **kwargs)
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        """M-RoPE positions for plain ``generate()``: text positions stacked on the 3-D vision positions.
 
-    def _prepare_position_ids_for_generation(self, *args, **kwargs):
-        return _backbone_classes(self.config.backbone)[2]._prepare_position_ids_for_generation(self, *args, **kwargs)
+        Adapted from ``Qwen2_5_VLForConditionalGeneration._prepare_position_ids_for_generation``
+        (transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py; Qwen3-VL's is the same). That method
+        calls ``super()`` and so cannot be borrowed by another class: it is copied here, with
+        ``GenerationMixin``'s text positions as its base. Returns (4, B, L) on the first call,
+        (1, B, L) + rope deltas when continuing from a cache without new vision tokens.
+        """
+        text_positions = super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)  # (B, L)
+        past_length = 0
+        if (cache := model_kwargs.get("past_key_values")) is not None:
+            past_length = cache.get_seq_length()
+        mm_token_type_ids = model_kwargs.get("mm_token_type_ids")
+        has_new_vision_tokens = mm_token_type_ids is not None and bool(mm_token_type_ids[:, past_length:].any())
+        if past_length != 0 and self.model.rope_deltas is not None and not has_new_vision_tokens:
+            return text_positions[None, ...] + self.model.rope_deltas
+        if "input_ids" in model_kwargs and model_kwargs["input_ids"].shape[1] > 0:
+            inputs_tensor = model_kwargs["input_ids"]
+        is_input_ids = inputs_tensor.ndim == 2 and inputs_tensor.dtype in (torch.int, torch.long)
+        has_grids = model_kwargs.get("image_grid_thw") is not None or model_kwargs.get("video_grid_thw") is not None
+        if is_input_ids and mm_token_type_ids is not None and has_grids:
+            rope_kwargs = {k: v for k, v in model_kwargs.items() if k != "input_ids"}
+            vision_positions, rope_deltas = self.model.get_rope_index(inputs_tensor, **rope_kwargs)  # (3, B, L)
+            self.model.rope_deltas = rope_deltas
+        else:
+            vision_positions = text_positions.unsqueeze(0).expand(3, -1, -1)
+            self.model.rope_deltas = torch.zeros(inputs_tensor.shape[0], 1, dtype=torch.long, device=inputs_tensor.device)
+        return torch.cat([text_positions[None, ...], vision_positions], dim=0)
 
     # ---- loading / saving -------------------------------------------------------------
     @classmethod
@@ -202,9 +233,31 @@ class StreamProForConditionalGeneration(StreamProPreTrainedModel, GenerationMixi
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     # ---- streaming ----------------------------------------------------------------------
-    def stream_session(self, processor: StreamProProcessor, **options) -> StreamSession:
-        """A live session: call ``ask(text)`` when a question arrives and ``step(frame)`` per frame."""
-        return StreamSession(self, processor, **options)
+    def stream_session(
+        self,
+        processor: StreamProProcessor,
+        options: SessionOptions | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        **option_fields,
+    ) -> StreamSession:
+        """A live session: call ``ask(text)`` when a question arrives and ``step(frame)`` per frame.
+
+        Options: a :class:`SessionOptions`, or its fields as keywords.
+        """
+        return StreamSession(self, processor, options, generator=generator, **option_fields)
+
+    def stream_sessions(
+        self,
+        processor: StreamProProcessor,
+        n: int,
+        options: SessionOptions | None = None,
+        *,
+        generators: list[torch.Generator | None] | None = None,
+        **option_fields,
+    ) -> StreamSessions:
+        """``n`` live sessions stepped together, one batched forward per round (:class:`StreamSessions`)."""
+        return StreamSessions(self, processor, n, options, generators=generators, **option_fields)
 
     @torch.no_grad()
     def generate_stream(
@@ -214,18 +267,8 @@ class StreamProForConditionalGeneration(StreamProPreTrainedModel, GenerationMixi
         *,
         processor: StreamProProcessor,
         question_time: float = 0.0,
-        fps: float = 1.0,
-        window_turns: int = 200,
-        evict_turns: int | None = None,
-        max_new_tokens: int = 64,
-        response_threshold: float | None = None,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        memory: str = "window",
-        token_budget: int | None = None,
-        system_prompt: str | None = None,
         generator: torch.Generator | None = None,
+        **options,
     ) -> Iterator[StreamEvent]:
         """Stream ``frames`` and yield one :class:`StreamEvent` per frame.
 
@@ -235,27 +278,14 @@ class StreamProForConditionalGeneration(StreamProPreTrainedModel, GenerationMixi
             question: the question text (asked at ``question_time`` seconds), or a list of
                 ``(time, text)`` for several questions arriving mid-stream.
             processor: the checkpoint's :class:`StreamProProcessor`.
-            window_turns / evict_turns / memory / token_budget: the memory policy (module docstring).
-            response_threshold: respond when ``p_response`` ≥ this, instead of the arg-max decision.
-            do_sample / temperature / top_p: sampling for the decision and the answer text.
+            generator: the random generator for sampling (``do_sample=True``).
+            **options: the fields of :class:`SessionOptions` (fps, window_turns, evict_turns, memory,
+                token_budget, max_new_tokens, response_threshold, do_sample, temperature, top_p,
+                system_prompt, constrain_decision).
         """
         questions = _normalise_questions(question, question_time)
-        session = StreamSession(
-            self,
-            processor,
-            fps=fps,
-            window_turns=window_turns,
-            evict_turns=evict_turns,
-            max_new_tokens=max_new_tokens,
-            response_threshold=response_threshold,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_p=top_p,
-            memory=memory,
-            token_budget=token_budget,
-            system_prompt=system_prompt,
-            generator=generator,
-        )
+        session = StreamSession(self, processor, generator=generator, **options)
+        fps = session.fps
         pending = sorted(questions)
         known_length = len(frames) if hasattr(frames, "__len__") else None
         if known_length == 0:
@@ -279,6 +309,64 @@ class StreamProForConditionalGeneration(StreamProPreTrainedModel, GenerationMixi
                 f"question time {pending[0][0]} s is beyond the stream ({k + 1} frames, "
                 f"{turn_time(k, fps):g} s at {fps} fps)"
             )
+
+    @torch.no_grad()
+    def generate_streams(
+        self,
+        streams: list[Iterable],
+        questions: list[str | list[tuple[float, str]] | None],
+        *,
+        processor: StreamProProcessor,
+        question_times: list[float] | None = None,
+        generators: list[torch.Generator | None] | None = None,
+        **options,
+    ) -> list[list[StreamEvent]]:
+        """``generate_stream`` over several streams at once (:class:`StreamSessions`): one list of events per stream.
+
+        ``questions[i]`` (asked at ``question_times[i]``, default 0) is stream i's question or list of
+        ``(time, text)``; ``generators[i]`` its sampling generator. The events equal those of
+        ``generate_stream`` on each stream alone (greedy: decisions and texts exactly, ``p_response``
+        to float32 rounding). A stream that runs out of frames is closed and leaves the batch.
+        """
+        n = len(streams)
+        if len(questions) != n or (question_times is not None and len(question_times) != n):
+            raise ValueError(f"{n} streams but {len(questions)} questions / question_times: give one per stream")
+        times = question_times or [0.0] * n
+        sessions = StreamSessions(self, processor, n, generators=generators, **options)
+        fps = sessions.options.fps
+        pending = [sorted(_normalise_questions(q, t)) for q, t in zip(questions, times)]
+        iterators = [iter(frames) for frames in streams]
+        events: list[list[StreamEvent]] = [[] for _ in range(n)]
+        open_ = set(range(n))
+        k = 0
+        while open_:
+            batch: list = [None] * n
+            for i in sorted(open_):
+                frame = next(iterators[i], _END)
+                if frame is _END:
+                    sessions.close(i)
+                    open_.discard(i)
+                    continue
+                while pending[i] and turn_index_for_time(pending[i][0][0], fps) == k:
+                    sessions.ask(i, pending[i].pop(0)[1])
+                batch[i] = frame
+            if open_:
+                for i, ev in enumerate(sessions.step(batch)):
+                    if ev is not None:
+                        events[i].append(ev)
+            k += 1
+        for i in range(n):
+            if not events[i]:
+                raise ValueError(f"stream {i}: no frames: the stream is empty")
+            if pending[i]:
+                raise ValueError(
+                    f"stream {i}: question time {pending[i][0][0]} s is beyond the stream ({len(events[i])} frames, "
+                    f"{turn_time(len(events[i]) - 1, fps):g} s at {fps} fps)"
+                )
+        return events
+
+
+_END = object()  # end-of-stream marker for generate_streams
 
 
 AUTO_MAP_MODEL = {
@@ -365,6 +453,7 @@ class _Turn:
     grid: tuple[int, int]  # merged token grid (h, w)
     pinned: bool
     assistant_ids: list[int] = field(default_factory=list)  # decision + answer + closing, once known
+    position: int = 0  # M-RoPE position of the turn's first token in the current context
 
     @property
     def num_image_tokens(self) -> int:
@@ -372,6 +461,10 @@ class _Turn:
 
     def num_tokens(self) -> int:
         return len(self.head_ids) + self.num_image_tokens + len(self.tail_ids) + len(self.assistant_ids)
+
+    def span(self) -> int:
+        """Positions the turn takes: one per text token, max(h, w) for the frame (Qwen-VL's rule)."""
+        return len(self.head_ids) + max(self.grid) + len(self.tail_ids) + len(self.assistant_ids)
 
     def pool(self) -> bool:
         """Average-pool adjacent frame tokens 2x along the longer grid side; False when already 1 token."""
@@ -393,47 +486,193 @@ class _Turn:
         return True
 
 
+@dataclass
+class SessionOptions:
+    """The options of a streaming session; ``generate_stream``, ``stream_session(s)`` take its fields as keywords.
+
+    ``memory`` is ``"window"``, ``"sink_window"`` or ``"round_decay"`` (module docstring);
+    ``evict_turns`` defaults to ``window_turns // 4``. ``response_threshold``: respond when
+    ``p_response`` ≥ it instead of the arg-max decision. ``do_sample`` / ``temperature`` /
+    ``top_p``: sampling for the decision and the answer. ``constrain_decision=False`` samples the
+    first assistant token from the full vocabulary (GRPO rollouts).
+    """
+
+    fps: float = 1.0
+    window_turns: int = 200
+    evict_turns: int | None = None
+    max_new_tokens: int = 64
+    response_threshold: float | None = None
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    memory: str = "window"
+    token_budget: int | None = None
+    system_prompt: str | None = None
+    constrain_decision: bool = True
+
+    def __post_init__(self):
+        if not self.fps > 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.window_turns < 1:
+            raise ValueError(f"window_turns must be >= 1, got {self.window_turns}")
+        if self.evict_turns is None:
+            self.evict_turns = max(1, self.window_turns // 4)
+        if not 1 <= self.evict_turns <= self.window_turns:
+            raise ValueError(f"evict_turns must be in [1, window_turns={self.window_turns}], got {self.evict_turns}")
+        if self.memory not in MEMORY_POLICIES:
+            raise ValueError(f"memory must be one of {', '.join(map(repr, MEMORY_POLICIES))}, got {self.memory!r}")
+        if self.memory == "round_decay" and (self.token_budget is None or self.token_budget <= 0):
+            raise ValueError("memory='round_decay' needs a positive token_budget")
+        if self.response_threshold is not None and not 0.0 <= self.response_threshold <= 1.0:
+            raise ValueError(f"response_threshold must be in [0, 1], got {self.response_threshold}")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+
+
+MEMORY_POLICIES = ("window", "sink_window", "round_decay")
+
+
+def _options(options: SessionOptions | None, fields: dict) -> SessionOptions:
+    if options is None:
+        return SessionOptions(**fields)
+    if fields:
+        raise TypeError(f"pass either a SessionOptions or its fields as keywords, not both (got {sorted(fields)})")
+    return options
+
+
+# What a session asks of the cache that holds its context. A session's step is a generator of
+# these requests; StreamSession runs them on its own DynamicCache, StreamSessions runs the
+# prefills of all its streams in one batched forward.
+@dataclass
+class _Prefill:
+    """Append tokens to the context and return the logits of the last one, (V,) float32."""
+
+    ids: list[int]
+    positions: torch.Tensor  # (3, L) M-RoPE positions
+    images: list  # the _Turns whose frames these tokens hold, in order
+
+
+@dataclass
+class _Evict:
+    """Keep only the entries ``keep`` (indices into the stream's context, ascending); re-base their positions."""
+
+    keep: torch.Tensor  # (K,)
+    shift: torch.Tensor  # (K,) position change of each kept entry (0 for the sink, < 0 after dropped turns)
+
+
+_RESET = "reset"  # empty the context
+
+
+def _encode_frames(model, processor, images: list) -> list[tuple]:
+    """Vision features of ``images`` in one vision forward: per image (features, deepstack, merged grid)."""
+    vision = processor.process_frames(images)
+    device = next(model.parameters()).device
+    pixel_values = vision["pixel_values"].to(device, model.dtype)
+    grid_thw = vision["image_grid_thw"].to(device)
+    out = model.model.get_image_features(pixel_values, grid_thw, return_dict=True)
+    merge = model.model.config.vision_config.spatial_merge_size
+    grids = [(h // merge, w // merge) for _, h, w in grid_thw.tolist()]
+    sizes = [h * w for h, w in grids]
+
+    def per_image(x) -> list[torch.Tensor]:
+        return list(x) if isinstance(x, (list, tuple)) else list(x.split(sizes))
+
+    features = per_image(out.pooler_output)
+    deepstack = getattr(out, "deepstack_features", None)
+    layers = [per_image(d) for d in deepstack] if deepstack is not None else None
+    return [(features[i], None if layers is None else [layer[i] for layer in layers], grids[i]) for i in range(len(images))]
+
+
+def _run_model(model, input_ids, position_ids, images: list, cache, attention_mask=None) -> torch.Tensor:
+    """One forward on ``cache``: (B, L) ids, (3, B, L) positions; logits of the last column, (B, V) float32."""
+    kwargs = {}
+    if images:
+        enc = BaseModelOutputWithPooling(pooler_output=[t.features for t in images])
+        if images[0].deepstack is not None:
+            layers = len(images[0].deepstack)
+            enc.deepstack_features = [[t.deepstack[i] for t in images] for i in range(layers)]
+        kwargs["mm_encoder_outputs"] = {"image": enc}
+    out = model(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+        **kwargs,
+    )
+    return out.logits[:, -1].float()
+
+
+def _rope_inv_freq(model) -> torch.Tensor:
+    """The text model's rotary inverse frequencies, (head_dim / 2,); sink_window needs plain (default) RoPE."""
+    rope_type = model.config.get_text_config().rope_parameters.get("rope_type", "default")
+    if rope_type != "default":
+        raise ValueError(
+            f"memory='sink_window' re-bases cached keys by rotating them, which needs rope_type 'default' "
+            f"(angle linear in the position); this checkpoint uses {rope_type!r}: use memory='window'"
+        )
+    return model.model.language_model.rotary_emb.inv_freq
+
+
+def _rebase_keys(keys: torch.Tensor, shift: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Keys cached at M-RoPE position (t, h, w) → the keys at (t + d, h + d, w + d), d = ``shift``; (..., n, D).
+
+    Qwen-VL's M-RoPE rotates frequency pair j by angle pos_a(j) · inv_freq[j], where the axis a(j)
+    (time, height or width) comes from ``mrope_section`` — in blocks for Qwen2.5-VL, interleaved
+    for Qwen3-VL. When all three axes move by the same d, every pair's angle moves by d · inv_freq[j]
+    whatever its axis, so the re-based key is the cached key rotated by d with plain RoPE
+    (rotate_half layout, the same cos/sin for both halves); the attention scaling (1 for default
+    RoPE) is already in the cached key. Computed in float32, rounded once to the cache dtype.
+    """
+    angle = shift.to(device=keys.device, dtype=torch.float32)[:, None] * inv_freq.to(keys.device, torch.float32)[None]
+    angle = torch.cat([angle, angle], dim=-1)  # (n, D)
+    k = keys.float()
+    half = k.shape[-1] // 2
+    rotated = torch.cat([-k[..., half:], k[..., :half]], dim=-1)
+    return (k * angle.cos() + rotated * angle.sin()).to(keys.dtype)
+
+
+def _evict_entries(layer, row: int | None, keep_cols: torch.Tensor, shift: torch.Tensor, inv_freq: torch.Tensor) -> None:
+    """Sink-window eviction on one cache layer: keep ``keep_cols`` and re-base their keys by ``shift``.
+
+    ``row`` None: a single stream, the entries ``keep_cols`` are gathered (the dropped ones leave the
+    cache). Otherwise a row of a batch cache: the kept entries are re-based in place (the batch's
+    mask drops the others).
+    """
+    moved = shift != 0
+    if row is None:
+        layer.keys = layer.keys[:, :, keep_cols]
+        layer.values = layer.values[:, :, keep_cols]
+        if moved.any():
+            layer.keys[:, :, moved] = _rebase_keys(layer.keys[:, :, moved], shift[moved], inv_freq)
+        return
+    if moved.any():
+        where = keep_cols[moved].to(layer.keys.device)
+        keys = layer.keys[row]  # (H, T, D), a view: writing to it writes the cache
+        keys[:, where] = _rebase_keys(keys[:, where], shift[moved], inv_freq)
+
+
 class StreamSession:
     """The streaming decision loop over one stream, with KV-cache reuse and bounded memory.
 
     Use :meth:`ask` when a question arrives and :meth:`step` for every frame; each step
     returns a :class:`StreamEvent`. ``generate_stream`` is a thin wrapper around this.
+    Internally a step is a generator of cache requests (``_Prefill``, ``_Evict``, reset), run
+    here on the session's own ``DynamicCache`` and by :class:`StreamSessions` batched over streams.
     """
 
     def __init__(
         self,
         model: StreamProForConditionalGeneration,
         processor: StreamProProcessor,
+        options: SessionOptions | None = None,
         *,
-        fps: float = 1.0,
-        window_turns: int = 200,
-        evict_turns: int | None = None,
-        max_new_tokens: int = 64,
-        response_threshold: float | None = None,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        memory: str = "window",
-        token_budget: int | None = None,
-        system_prompt: str | None = None,
-        constrain_decision: bool = True,
         generator: torch.Generator | None = None,
+        _batched: bool = False,
+        **option_fields,
     ):
-        if not fps > 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
-        if window_turns < 1:
-            raise ValueError(f"window_turns must be >= 1, got {window_turns}")
-        evict_turns = max(1, window_turns // 4) if evict_turns is None else evict_turns
-        if not 1 <= evict_turns <= window_turns:
-            raise ValueError(f"evict_turns must be in [1, window_turns={window_turns}], got {evict_turns}")
-        if memory not in ("window", "round_decay"):
-            raise ValueError(f"memory must be 'window' or 'round_decay', got {memory!r}")
-        if memory == "round_decay" and (token_budget is None or token_budget <= 0):
-            raise ValueError("memory='round_decay' needs a positive token_budget")
-        if response_threshold is not None and not 0.0 <= response_threshold <= 1.0:
-            raise ValueError(f"response_threshold must be in [0, 1], got {response_threshold}")
-        if do_sample and temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+        options = _options(options, option_fields)
         cfg = model.config
         if cfg.silence_token_id is None or cfg.response_token_id is None:
             raise ValueError(
@@ -446,23 +685,57 @@ class StreamSession:
                 f"{(processor.silence_token_id, processor.response_token_id)} vs model "
                 f"{(cfg.silence_token_id, cfg.response_token_id)}; load both from the same checkpoint"
             )
-        self.model, self.processor = model, processor
-        self.fps, self.window_turns, self.evict_turns = fps, window_turns, evict_turns
-        self.max_new_tokens, self.response_threshold = max_new_tokens, response_threshold
-        self.do_sample, self.temperature, self.top_p = do_sample, temperature, top_p
-        self.memory, self.token_budget = memory, token_budget
-        self.constrain_decision, self.generator = constrain_decision, generator
+        self.model, self.processor, self.options = model, processor, options
+        self.fps, self.window_turns, self.evict_turns = options.fps, options.window_turns, options.evict_turns
+        self.max_new_tokens, self.response_threshold = options.max_new_tokens, options.response_threshold
+        self.do_sample, self.temperature, self.top_p = options.do_sample, options.temperature, options.top_p
+        self.memory, self.token_budget = options.memory, options.token_budget
+        self.constrain_decision, self.generator = options.constrain_decision, generator
+        self.inv_freq = _rope_inv_freq(model) if self.memory == "sink_window" else None
         self.decision_ids = torch.tensor([cfg.silence_token_id, cfg.response_token_id])
         self.device = next(model.parameters()).device
-        self.system_ids = processor.encode_system(system_prompt)["input_ids"].tolist()
+        self.system_ids = processor.encode_system(options.system_prompt)["input_ids"].tolist()
+        self._check_context()
         self.turns: list[_Turn] = []
         self.pending_ids: list[int] = []  # tokens decided but not yet in the cache (fed with the next chunk)
         self._question: str | None = None
         self.asked = False
         self.frame_size: tuple[int, int] | None = None
         self.num_refreshes = 0  # how many times the kept context was prefilled again
+        self.num_evictions = 0  # sink_window: how many times turns were dropped in place
         self.dropped_turns = 0  # turns evicted so far (turn indices keep counting)
-        self._prefill_context()
+        self.cache = None  # the session's DynamicCache; StreamSessions sets a view of its batch row instead
+        if not _batched:
+            self._run(self._prefill_context())
+
+    def _check_context(self) -> None:
+        """Warn at session start when a full context could exceed the model's context length.
+
+        The bound: the system prompt plus, per kept turn, a frame at the processor's largest size
+        (``max_pixels`` / (patch · merge)² tokens) and the turn's text (answers not counted). With
+        ``round_decay`` the kept context is ``token_budget`` plus one turn.
+        """
+        ip = self.processor.image_processor
+        frame_tokens = ip.size["longest_edge"] // (ip.patch_size * ip.merge_size) ** 2
+        text_tokens = len(self.processor.encode_text(self.processor.user_text(99_999, self.fps, 0)))
+        turn_tokens = frame_tokens + text_tokens + 2 + len(self.processor.newline_ids)  # + decision, <|im_end|>
+        if self.memory == "round_decay":
+            needed = self.token_budget + turn_tokens
+        else:
+            needed = len(self.system_ids) + self.window_turns * turn_tokens
+        context = self.model.config.get_text_config().max_position_embeddings
+        if needed <= context:
+            return
+        fit = max(1, (context - len(self.system_ids)) // turn_tokens)
+        warnings.warn(
+            f"a full stream context needs about {needed:,} tokens ({frame_tokens} per frame at up to "
+            f"{ip.size['longest_edge']:,} pixels + {turn_tokens - frame_tokens} text tokens per turn, "
+            f"window_turns={self.window_turns}) but the model's context is {context:,} tokens "
+            f"(text_config.max_position_embeddings): pass window_turns <= {fit}, smaller frames (the processor's "
+            "max_pixels, `streampro convert-backbone --max-pixels`) or memory='round_decay' with a smaller token_budget",
+            UserWarning,
+            stacklevel=3,
+        )
 
     # ---- public API ---------------------------------------------------------------------
     def ask(self, question: str) -> None:
@@ -475,26 +748,59 @@ class StreamSession:
     def context_tokens(self) -> int:
         return self.cache.get_seq_length()
 
+    @property
+    def next_turn_index(self) -> int:
+        return len(self.turns) + self.dropped_turns
+
     @torch.no_grad()
     def step(self, frame) -> StreamEvent:
         """Ingest one frame (one turn) and return the decision for it."""
-        k = len(self.turns) + self.dropped_turns
+        k = self.next_turn_index
         image = self._check_frame(frame, k)
+        return self._run(self._step(k, _encode_frames(self.model, self.processor, [image])[0]))
+
+    def _step(self, k: int, vision: tuple):
+        """The turn of frame k as a generator of cache requests; returns the event."""
         question, self._question = self._question, None
         if question is not None:
             self.asked = True
-        turn = self._make_turn(k, image, question)
-        self._maybe_make_room(turn)
+        turn = self._make_turn(k, vision, question)
+        yield from self._maybe_make_room(turn)
         self.turns.append(turn)
-        logits = self._prefill(self.pending_ids, turn)
+        logits = yield from self._prefill(self.pending_ids, turn)
         self.pending_ids = []
         self.last_decision_logits = logits  # (V,) float32, kept for inspection and tests
-        event = self._decide_and_answer(turn, logits)
+        event = yield from self._decide_and_answer(turn, logits)
         event.question = question
         if self.memory == "round_decay":
-            self._maybe_compress()
+            yield from self._maybe_compress()
         event.context_tokens = self.context_tokens + len(self.pending_ids)
         return event
+
+    # ---- the session's own cache ---------------------------------------------------------
+    def _run(self, requests):
+        """Run a generator of cache requests on this session's DynamicCache; return its result."""
+        try:
+            request = next(requests)
+            while True:
+                request = requests.send(self._execute(request))
+        except StopIteration as stop:
+            return stop.value
+
+    def _execute(self, request):
+        if request is _RESET:
+            # A new object: a caller holding the old cache (the harness's rollback) keeps it intact.
+            self.cache = DynamicCache(config=self.model.config.get_text_config())
+            return None
+        if isinstance(request, _Evict):
+            keep = request.keep.to(self.device)
+            for layer in self.cache.layers:
+                _evict_entries(layer, None, keep, request.shift, self.inv_freq)
+            return None
+        input_ids = torch.tensor([request.ids], device=self.device)
+        position_ids = request.positions[:, None, :].to(self.device)  # (3, 1, L)
+        # On an empty cache attention is plain causal, so SDPA needs no explicit mask.
+        return _run_model(self.model, input_ids, position_ids, request.images, self.cache)[0]
 
     # ---- frames and turns ---------------------------------------------------------------
     def _check_frame(self, frame, k: int):
@@ -518,22 +824,13 @@ class StreamSession:
             )
         return frame
 
-    def _make_turn(self, k: int, image, question: str | None) -> _Turn:
-        vision = self.processor.process_frames([image])
-        pixel_values = vision["pixel_values"].to(self.device, self.model.dtype)
-        grid_thw = vision["image_grid_thw"].to(self.device)
-        out = self.model.model.get_image_features(pixel_values, grid_thw, return_dict=True)
-        features = out.pooler_output[0] if isinstance(out.pooler_output, (list, tuple)) else out.pooler_output
-        deepstack = getattr(out, "deepstack_features", None)
-        if deepstack is not None:
-            deepstack = [d[0] if isinstance(d, (list, tuple)) else d for d in deepstack]
-        merge = self.model.config.vision_config.spatial_merge_size
-        _, h, w = grid_thw[0].tolist()
+    def _make_turn(self, k: int, vision: tuple, question: str | None) -> _Turn:
+        features, deepstack, grid = vision
         text = self.processor.user_text(k, self.fps, 1, question)
         head_text, tail_text = text.split("<|image_pad|>")
         head = self.processor.encode_text(head_text)
         tail = self.processor.encode_text(tail_text)
-        return _Turn(k, head, tail, features, deepstack, (h // merge, w // merge), pinned=question is not None)
+        return _Turn(k, head, tail, features, deepstack, grid, pinned=question is not None)
 
     # ---- positions and prefill ------------------------------------------------------------
     def _segments(self, turn: _Turn, with_assistant: bool) -> list:
@@ -541,12 +838,13 @@ class StreamSession:
         segs.append(turn.tail_ids + (turn.assistant_ids if with_assistant else []))
         return segs
 
-    def _forward(self, segments: list) -> torch.Tensor:
+    def _forward(self, segments: list):
         """Prefill segments (token-id lists and turns, whose frames are image tokens) on the cache.
 
         Positions follow Qwen-VL's M-RoPE: text advances all three axes by one per token; a
         frame with an (h, w) token grid at start s gets (s, s + row, s + col), and the text after
-        it starts at s + max(h, w). Returns the logits of the last position.
+        it starts at s + max(h, w). A generator step: yields the request, returns the logits of
+        the last position.
         """
         ids, positions, image_turns = [], [], []
         pos = self.next_position
@@ -564,62 +862,80 @@ class StreamSession:
                 positions.append(torch.arange(pos, pos + n).expand(3, n))
                 ids += list(seg)
                 pos += n
-        input_ids = torch.tensor([ids], device=self.device)
-        position_ids = torch.cat(positions, dim=1)[:, None, :].to(self.device)  # (3, 1, L)
-        kwargs = {}
-        if image_turns:
-            pooled = [t.features for t in image_turns]
-            enc = BaseModelOutputWithPooling(pooler_output=pooled)
-            if image_turns[0].deepstack is not None:
-                layers = len(image_turns[0].deepstack)
-                enc.deepstack_features = [[t.deepstack[i] for t in image_turns] for i in range(layers)]
-            kwargs["mm_encoder_outputs"] = {"image": enc}
-        out = self.model(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-            **kwargs,
-        )
         self.next_position = pos
-        return out.logits[0, -1].float()
+        return (yield _Prefill(ids, torch.cat(positions, dim=1), image_turns))
 
-    def _prefill(self, pending: list[int], turn: _Turn) -> torch.Tensor:
-        return self._forward([pending] + self._segments(turn, with_assistant=False))
+    def _prefill(self, pending: list[int], turn: _Turn):
+        turn.position = self.next_position + len(pending)
+        return (yield from self._forward([pending] + self._segments(turn, with_assistant=False)))
 
-    def _prefill_context(self) -> None:
+    def _prefill_context(self):
         """Prefill the whole kept context on an empty cache: system prompt, then every kept turn in order.
 
         Kept turns carry their full assistant part, so tokens pending for the cache are included.
-        One forward on an empty cache: attention is plain causal, so SDPA needs no explicit mask.
         """
         self.pending_ids = []
-        self.cache = DynamicCache(config=self.model.config.get_text_config())
         self.next_position = 0
+        yield _RESET
         segments: list = [self.system_ids]
+        pos = len(self.system_ids)
         for turn in self.turns:
+            turn.position = pos
+            pos += turn.span()
             segments += self._segments(turn, with_assistant=True)
-        self._forward(segments)
+        yield from self._forward(segments)
 
-    def _refresh(self) -> None:
+    def _refresh(self):
         """Start the cache again from the kept context (after turns were dropped or frames pooled)."""
         self.num_refreshes += 1
-        self._prefill_context()
+        yield from self._prefill_context()
 
-    def _maybe_make_room(self, new_turn: _Turn) -> None:
-        """Window policy: before adding a turn that would exceed the window, drop the oldest unpinned turns."""
-        if self.memory != "window":
+    def _maybe_make_room(self, new_turn: _Turn):
+        """Window policies: before adding a turn that would exceed the window, drop the oldest unpinned turns."""
+        if self.memory == "round_decay":
             return
         unpinned = [t for t in self.turns if not t.pinned]
         if len(unpinned) + (0 if new_turn.pinned else 1) <= self.window_turns:
             return
         drop = {id(t) for t in unpinned[: self.evict_turns]}
         self.dropped_turns += len(drop)
+        if self.memory == "sink_window":
+            yield from self._evict(drop)
+            return
         self.turns = [t for t in self.turns if id(t) not in drop]
-        self._refresh()
+        yield from self._refresh()
 
-    def _maybe_compress(self) -> None:
+    def _evict(self, drop: set[int]):
+        """Sink window: drop the turns ``drop`` from the cache in place and re-base the kept entries.
+
+        Each kept turn moves to the position a fresh run over system + kept turns would give it
+        (all three M-RoPE axes by the same delta: ``_rebase_keys``); the system prompt and the
+        turns before the first dropped one (the sink) do not move. No token is recomputed.
+        """
+        self.num_evictions += 1
+        last = self.turns[-1]
+        n_system = len(self.system_ids)
+        keep, shift = [torch.arange(n_system)], [torch.zeros(n_system, dtype=torch.long)]
+        entry, pos, kept = n_system, n_system, []
+        for turn in self.turns:
+            # The last turn's pending tokens (its closing) are not in the cache yet.
+            n = turn.num_tokens() - (len(self.pending_ids) if turn is last else 0)
+            if id(turn) not in drop:
+                keep.append(torch.arange(entry, entry + n))
+                shift.append(torch.full((n,), pos - turn.position, dtype=torch.long))
+                turn.position = pos
+                pos += turn.span()
+                kept.append(turn)
+            entry += n
+        if id(last) in drop:
+            self.pending_ids = []
+            self.next_position = pos
+        else:
+            self.next_position = pos - len(self.pending_ids)
+        self.turns = kept
+        yield _Evict(torch.cat(keep), torch.cat(shift))
+
+    def _maybe_compress(self):
         """Round-decayed compression (StreamBridge): pool the oldest frames first until the context fits."""
         total = len(self.system_ids) + sum(t.num_tokens() for t in self.turns)
         if total <= self.token_budget:
@@ -639,7 +955,7 @@ class StreamSession:
             total -= oldest.num_tokens()
             self.turns.remove(oldest)
             self.dropped_turns += 1
-        self._refresh()
+        yield from self._refresh()
 
     # ---- decisions and answers ------------------------------------------------------------
     def _pick(self, logits: torch.Tensor) -> int:
@@ -652,7 +968,7 @@ class StreamSession:
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
         return int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
 
-    def _decide_and_answer(self, turn: _Turn, logits: torch.Tensor) -> StreamEvent:
+    def _decide_and_answer(self, turn: _Turn, logits: torch.Tensor):
         silence_id, response_id = self.decision_ids.tolist()
         two_way = logits[self.decision_ids.to(logits.device)]
         p_response = float(torch.softmax(two_way, dim=-1)[1]) if self.asked else None
@@ -677,20 +993,208 @@ class StreamSession:
         generated = [token]
         answer: list[int] = []
         if token != eot:
-            logits = self._forward([[token]])
+            logits = yield from self._forward([[token]])
             for _ in range(self.max_new_tokens):
                 nxt = self._pick(logits)
                 generated.append(nxt)
                 if nxt == eot:
                     break
                 answer.append(nxt)
-                logits = self._forward([[nxt]])
+                logits = yield from self._forward([[nxt]])
         first = [] if token == eot else [token]
         turn.assistant_ids = first + answer + [eot] + newline
         self.pending_ids = [eot] + newline
         text = self.processor.decode(answer, skip_special_tokens=False).strip()
         decision = "response" if token == response_id else "invalid"
         return StreamEvent(time, k, decision, text, p_response, generated_ids=generated)
+
+
+class _RowView:
+    """A batched stream's view of its row in the batch cache (what ``StreamSession.cache`` offers)."""
+
+    def __init__(self, batch: StreamSessions, index: int):
+        self.batch, self.index = batch, index
+
+    def get_seq_length(self) -> int:
+        row = self.batch.rows[self.index]
+        return 0 if row is None else int(self.batch.valid[row].sum())
+
+
+class StreamSessions:
+    """Several streams stepped together: every stream's turn is prefilled in one batched forward per frame.
+
+    Each stream is a :class:`StreamSession` (its own turns, M-RoPE positions, window, question and
+    answers) whose requests run on one padded batch cache, one row per open stream: each row holds
+    that stream's entries in order, with holes; a (B, 1, L, T + L) boolean mask lets a token see the
+    valid entries of its own row, causally (a padding token sees only itself, so no row is fully
+    masked). New tokens are left-padded to the round's longest; positions are per stream.
+
+    What is batched: the vision encoder (the frames of one step), each round's prefills (the
+    turn of every stream; a stream's window refresh, a whole-context prefill after a reset, rides in
+    the same round, padding the others to its length) and each answer-decoding round (one token for
+    every stream still answering; the others get a padding column and wait — a frame's step ends
+    when the last answer of that frame ends). Not batched: evictions and resets (per-row tensor
+    operations), decisions and sampling (per stream, each with its own generator, so a seed gives
+    the same tokens as the single session). Holes are squeezed out when they exceed a quarter of the
+    longest row (``_compact``). Needs ``attn_implementation`` "sdpa" or "eager" (a custom 4-D mask).
+    Events equal those of B single sessions: decisions and texts exactly (greedy), ``p_response`` to
+    float32 rounding (the padded, masked kernels sum in another order).
+    """
+
+    def __init__(
+        self,
+        model: StreamProForConditionalGeneration,
+        processor: StreamProProcessor,
+        n: int,
+        options: SessionOptions | None = None,
+        *,
+        generators: list[torch.Generator | None] | None = None,
+        sessions: list[StreamSession] | None = None,
+        **option_fields,
+    ):
+        """``sessions``: ready sessions (a subclass's, e.g. GRPO's rollout sessions) built with ``_batched=True``
+        and ``options``; by default ``n`` plain ones with ``generators``."""
+        if n < 1:
+            raise ValueError(f"need at least one stream, got n={n}")
+        generators = [None] * n if generators is None else list(generators)
+        if len(generators) != n or (sessions is not None and len(sessions) != n):
+            raise ValueError(f"{n} streams: give one generator (or None) and at most one session per stream")
+        self.attn = model.config.get_text_config()._attn_implementation
+        if self.attn not in ("sdpa", "eager"):
+            raise ValueError(
+                f"batched sessions pass a custom attention mask, which attn_implementation {self.attn!r} does not "
+                "take: load the model with attn_implementation='sdpa' (or 'eager')"
+            )
+        self.model, self.processor = model, processor
+        self.options = _options(options, option_fields)
+        if sessions is None:
+            sessions = [StreamSession(model, processor, self.options, generator=g, _batched=True) for g in generators]
+        self.sessions = list(sessions)
+        for i, s in enumerate(self.sessions):
+            s.cache = _RowView(self, i)
+        self.device = self.sessions[0].device
+        self.rows: list[int | None] = list(range(n))  # each stream's row in the batch cache (None: closed)
+        self.cache = DynamicCache(config=model.config.get_text_config())
+        self.valid = torch.zeros(n, 0, dtype=torch.bool, device=self.device)  # (B, T): entry holds a token
+        self.pad_id = processor.end_of_turn_id  # any non-image token: padding is masked out
+        self._drive({i: s._prefill_context() for i, s in enumerate(self.sessions)})
+
+    def ask(self, i: int, question: str) -> None:
+        """A question arrives on stream ``i``: it goes into that stream's next turn."""
+        self.sessions[i].ask(question)
+
+    @torch.no_grad()
+    def step(self, frames: list) -> list[StreamEvent | None]:
+        """One frame per stream (``None``: that stream has no frame now); one event per stream that had one."""
+        if len(frames) != len(self.sessions):
+            raise ValueError(f"{len(frames)} frames for {len(self.sessions)} streams: give one per stream (None to skip)")
+        turns, images = {}, []
+        for i, frame in enumerate(frames):
+            if frame is None:
+                continue
+            if self.rows[i] is None:
+                raise ValueError(f"stream {i} is closed")
+            session = self.sessions[i]
+            turns[i] = session.next_turn_index
+            images.append(session._check_frame(frame, turns[i]))
+        if not turns:
+            return [None] * len(frames)
+        visions = _encode_frames(self.model, self.processor, images)
+        results = self._drive({i: self.sessions[i]._step(k, v) for (i, k), v in zip(turns.items(), visions)})
+        return [results.get(i) for i in range(len(frames))]
+
+    def close(self, i: int) -> None:
+        """Stream ``i`` has ended: its row leaves the batch cache."""
+        row = self.rows[i]
+        if row is None:
+            return
+        keep = torch.tensor([r for r in range(self.valid.shape[0]) if r != row], device=self.device, dtype=torch.long)
+        for layer in self.cache.layers:
+            if layer.keys is not None and layer.keys.numel():
+                layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+        self.valid = self.valid[keep]
+        self.rows = [None if r is None or r == row else r - (r > row) for r in self.rows]
+
+    # ---- the batch cache -------------------------------------------------------------------
+    def _drive(self, requests: dict) -> dict:
+        """Run the streams' request generators together; the prefills of a round go in one forward."""
+        current, results = {}, {}
+
+        def advance(i, value):
+            try:
+                current[i] = requests[i].send(value)
+            except StopIteration as stop:
+                results[i] = stop.value
+                current.pop(i, None)
+
+        for i in requests:
+            advance(i, None)
+        while current:
+            for i in list(current):
+                while i in current and not isinstance(current[i], _Prefill):
+                    self._row_request(self.rows[i], current[i])
+                    advance(i, None)
+            if current:
+                logits = self._prefill_round(current)
+                for i in list(current):
+                    advance(i, logits[i])
+        return results
+
+    def _row_request(self, row: int, request) -> None:
+        if request is _RESET:
+            self.valid[row] = False
+            return
+        cols = self.valid[row].nonzero()[:, 0]
+        keep_cols = cols[request.keep.to(self.device)]
+        self.valid[row] = False
+        self.valid[row, keep_cols] = True
+        inv_freq = self.sessions[0].inv_freq
+        for layer in self.cache.layers:
+            _evict_entries(layer, row, keep_cols, request.shift, inv_freq)
+
+    def _prefill_round(self, prefills: dict) -> dict:
+        batch, total = self.valid.shape
+        length = max(len(r.ids) for r in prefills.values())
+        input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
+        position_ids = torch.zeros(3, batch, length, dtype=torch.long)
+        new_valid = torch.zeros(batch, length, dtype=torch.bool)
+        images = []
+        for i, request in sorted(prefills.items(), key=lambda item: self.rows[item[0]]):
+            row, n = self.rows[i], len(request.ids)
+            input_ids[row, length - n:] = torch.tensor(request.ids)
+            position_ids[:, row, length - n:] = request.positions
+            new_valid[row, length - n:] = True
+            images += request.images  # row-major: the order in which the model fills image tokens
+        new_valid = new_valid.to(self.device)
+        keys_valid = torch.cat([self.valid, new_valid], dim=1)  # (B, T + L)
+        query = torch.arange(length, device=self.device)[:, None]
+        key = torch.arange(total + length, device=self.device)[None, :]
+        mask = keys_valid[:, None, :] & (key <= total + query)[None]  # (B, L, T + L)
+        mask[:, query[:, 0], total + query[:, 0]] = True  # every token sees itself: no fully masked row
+        mask = mask[:, None]
+        if self.attn == "eager":
+            mask = torch.zeros(mask.shape, dtype=self.model.dtype, device=self.device).masked_fill(
+                ~mask, torch.finfo(self.model.dtype).min
+            )
+        logits = _run_model(self.model, input_ids.to(self.device), position_ids.to(self.device), images,
+                            self.cache, mask)
+        self.valid = keys_valid
+        out = {i: logits[self.rows[i]] for i in prefills}
+        self._compact()
+        return out
+
+    def _compact(self) -> None:
+        """Squeeze the holes out of the batch cache once they exceed a quarter of the longest row."""
+        counts = self.valid.sum(dim=1)
+        longest, total = int(counts.max()), self.valid.shape[1]
+        if total - longest <= max(64, longest // 4):
+            return
+        # A stable sort puts each row's holes first and its entries after them, in order (left padding).
+        order = torch.sort(self.valid.to(torch.int8), dim=1, stable=True).indices[:, total - longest:]  # (B, T')
+        self.valid = self.valid.gather(1, order)
+        for layer in self.cache.layers:
+            index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+            layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
 
 
 def _frame_size(frame, k: int) -> tuple[int, int]:
@@ -710,5 +1214,7 @@ __all__ = [
     "StreamEvent",
     "StreamProForConditionalGeneration",
     "StreamProPreTrainedModel",
+    "SessionOptions",
     "StreamSession",
+    "StreamSessions",
 ]

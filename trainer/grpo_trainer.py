@@ -33,6 +33,9 @@ Engine hook: :class:`RolloutSession` subclasses the engine's ``StreamSession`` a
 ``_pick`` (suppress frame-placeholder tokens, record sampled log-probs); also covered by the
 contract test.
 
+Model card: ``create_model_card`` / ``save_model`` write StreamPro's card (``streampro.modelcard``)
+instead of TRL's generic one, in the output folder and each checkpoint.
+
 Not overridden: ``_prepare_inputs`` (buffering, ``steps_per_generation``), ``_compute_loss``,
 ``compute_loss``, ``training_step``, logging. vLLM generation is not supported (config check).
 """
@@ -45,7 +48,7 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate.utils import gather, gather_object, is_peft_model
-from streampro.modeling_streampro.modeling_streampro import StreamSession
+from streampro.modeling_streampro.modeling_streampro import StreamSession, StreamSessions
 from streampro.modeling_streampro.processing_streampro import num_turns, turn_index_for_time
 from streampro.trainer.rewards import build_reward_funcs, trajectory_transcript
 from tqdm.auto import tqdm
@@ -155,6 +158,19 @@ class StreamProGRPOTrainer(GRPOTrainer):
             self._suppress_ids.append(video_pad)
 
     # ---- rollouts ----------------------------------------------------------------------------
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """StreamPro's card (``streampro.modelcard``) in ``output_dir`` instead of TRL's generic one."""
+        from streampro.modelcard import write_trainer_card
+
+        write_trainer_card(self, "grpo", dataset_name=dataset_name, tags=tags)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        """``Trainer.save_model`` plus the StreamPro card, so each checkpoint and the final folder carry it."""
+        from streampro.modelcard import write_trainer_card
+
+        super().save_model(output_dir, _internal_call)
+        write_trainer_card(self, "grpo", output_dir)
+
     def _load_frames(self, sample: dict) -> list:
         from streampro.dataset_scripts.frames import load_record_frames
 
@@ -174,14 +190,14 @@ class StreamProGRPOTrainer(GRPOTrainer):
         record = {**sample, "num_turns": n, "fps": args.fps}
         return load_record_frames(record, args.frames_root, args.frame_cache_dir, args.max_pixels)
 
-    @torch.no_grad()
-    def rollout(self, model, sample: dict, frames: list) -> Rollout:
-        """Stream ``frames`` with the policy and lay the trajectory out as one masked sequence."""
-        args, processor = self.args, self.processing_class
-        session = RolloutSession(
+    def _rollout_session(self, model, sample: dict, generator=None, batched: bool = False) -> RolloutSession:
+        args = self.args
+        return RolloutSession(
             model,
-            processor,
+            self.processing_class,
             suppress_ids=self._suppress_ids,
+            generator=generator,
+            _batched=batched,
             fps=args.fps,
             window_turns=args.window_turns,
             max_new_tokens=args.max_new_tokens,
@@ -191,12 +207,42 @@ class StreamProGRPOTrainer(GRPOTrainer):
             system_prompt=sample.get("system"),
             constrain_decision=args.constrain_decision,
         )
-        q_turn = turn_index_for_time(float(sample["question_time"]), args.fps)
+
+    @torch.no_grad()
+    def rollout(self, model, sample: dict, frames: list, generator: torch.Generator | None = None) -> Rollout:
+        """Stream ``frames`` with the policy and lay the trajectory out as one masked sequence."""
+        session = self._rollout_session(model, sample, generator)
+        q_turn = turn_index_for_time(float(sample["question_time"]), self.args.fps)
         events = []
         for k, frame in enumerate(frames):
             if k == q_turn:
                 session.ask(sample["question"])
             events.append(session.step(frame))
+        return self._layout(session, events, frames)
+
+    @torch.no_grad()
+    def rollout_group(self, model, sample: dict, frames: list, generators: list[torch.Generator]) -> list[Rollout]:
+        """The rollouts of one sample with these generators, stepped together (``StreamSessions``).
+
+        Equal to one :meth:`rollout` per generator (the engine's batched sessions give the single
+        sessions' events; each rollout samples from its own generator). The frame of a step is
+        encoded once per rollout (the vision forward is batched, not shared).
+        """
+        sessions = [self._rollout_session(model, sample, g, batched=True) for g in generators]
+        group = StreamSessions(model, self.processing_class, len(sessions), sessions[0].options, sessions=sessions)
+        q_turn = turn_index_for_time(float(sample["question_time"]), self.args.fps)
+        events: list[list] = [[] for _ in sessions]
+        for k, frame in enumerate(frames):
+            if k == q_turn:
+                for i in range(len(sessions)):
+                    group.ask(i, sample["question"])
+            for i, ev in enumerate(group.step([frame] * len(sessions))):
+                events[i].append(ev)
+        return [self._layout(s, e, frames) for s, e in zip(sessions, events)]
+
+    def _layout(self, session: RolloutSession, events: list, frames: list) -> Rollout:
+        """The trajectory of ``session`` (its ``events`` on ``frames``) as one masked sequence."""
+        args, processor = self.args, self.processing_class
         if session.dropped_turns or len(session.turns) != len(events):
             raise RuntimeError(
                 "a turn slid out of the rollout's context; window_turns must cover the whole stream"
@@ -258,16 +304,34 @@ class StreamProGRPOTrainer(GRPOTrainer):
             try:
                 out = []
                 bar = tqdm(
-                    inputs,
+                    total=len(inputs),
                     desc="rollouts",
                     leave=False,
                     disable=self.args.disable_tqdm or not self.accelerator.is_local_main_process,
                 )
-                for sample in bar:
+                # One generator per rollout, seeded from the global RNG in input order: one seed
+                # reproduces a step, whether the rollouts of a group run together or one by one.
+                seeds = torch.randint(0, 2**62, (len(inputs),)).tolist()
+                generators = [torch.Generator().manual_seed(s) for s in seeds]
+                # The G rollouts of a group (consecutive rows of one sample) run batched where the
+                # attention kernel takes the batch's mask (sdpa / eager).
+                batched = policy.config.get_text_config()._attn_implementation in ("sdpa", "eager")
+                start = 0
+                while start < len(inputs):
+                    sample = inputs[start]
                     key = str(sample["id"])
+                    end = start + 1
+                    while batched and end < len(inputs) and str(inputs[end]["id"]) == key:
+                        end += 1
                     if key not in frames_by_id:
                         frames_by_id[key] = self._load_frames(sample)
-                    out.append(self.rollout(policy, sample, frames_by_id[key]))
+                    if end - start > 1:
+                        out += self.rollout_group(policy, sample, frames_by_id[key], generators[start:end])
+                    else:
+                        out.append(self.rollout(policy, sample, frames_by_id[key], generators[start]))
+                    bar.update(end - start)
+                    start = end
+                bar.close()
             finally:
                 policy.train(was_training)
         return out

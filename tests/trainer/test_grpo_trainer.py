@@ -74,7 +74,7 @@ def make_args(root, tmp_path, **overrides) -> dict:
         "output_dir": str(tmp_path / "out"),
         "use_cpu": True,
         "bf16": False,
-        "gradient_checkpointing": False,
+        "activation_checkpointing": False,
         "per_device_train_batch_size": 4,
         "gradient_accumulation_steps": 1,
         "num_generations": 2,
@@ -320,3 +320,31 @@ def test_two_step_gpu_run_bf16(data, tmp_path):
     logs = [h for h in trainer.state.log_history if "reward" in h]
     assert logs and all(np.isfinite(h["loss"]) and np.isfinite(h["reward"]) for h in logs)
     assert all(h["rollout/logp_diff_max"] < 0.5 for h in logs)  # bf16 rounding, not a layout error
+
+
+# ---- batched rollouts: the G rollouts of a group stepped together ----------------------------
+def test_rollout_group_equals_one_by_one_rollouts(data, tmp_path):
+    trainer = make_trainer(data, tmp_path, rollout_do_sample=True, constrain_decision=False)
+    sample = trainer.train_dataset[0]
+    frames = trainer._load_frames(sample)
+
+    def generators():
+        return [torch.Generator().manual_seed(seed) for seed in (11, 12, 13, 14)]
+
+    group = trainer.rollout_group(trainer.model, sample, frames, generators())
+    alone = [trainer.rollout(trainer.model, sample, frames, g) for g in generators()]
+    for a, b in zip(alone, group):
+        assert (a.ids, a.policy_mask, a.generated_ids, a.turns) == (b.ids, b.policy_mask, b.generated_ids, b.turns)
+        assert b.sampled_logps == pytest.approx(a.sampled_logps, abs=1e-5)
+    assert len({tuple(r.generated_ids) for r in group}) > 1  # the generators differ, so do the rollouts
+
+
+def test_one_seed_reproduces_the_rollouts_of_a_step(data, tmp_path):
+    trainer = make_trainer(data, tmp_path, rollout_do_sample=True, constrain_decision=False)
+    inputs = [dict(trainer.train_dataset[0]) for _ in range(3)] + [dict(trainer.train_dataset[1]) for _ in range(3)]
+
+    def run(seed):
+        torch.manual_seed(seed)
+        return [r.generated_ids for r in trainer._rollouts(inputs)]
+
+    assert run(0) == run(0)

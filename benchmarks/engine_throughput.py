@@ -1,0 +1,107 @@
+"""Engine throughput: B StreamPro-Synth streams stepped together (``generate_streams``) vs one by one.
+
+Both runs use the same model, clips and options in this process, so the ratio is robust to a
+busy machine. Frames/s counts every frame of every stream (vision encoding, prefill, decisions and
+the answers the model gives). Events are checked to agree (decisions and texts). The last line is
+one JSON object.
+
+    python benchmarks/engine_throughput.py --quick        # 8 clips, ~20 frames each
+    python benchmarks/engine_throughput.py                 # 8 clips looped to 100 frames each
+    python benchmarks/engine_throughput.py --device cuda --streams 8 --frames 300
+
+Default model: the embedded tiny StreamPro-Synth checkpoint (``--model DIR`` for another). The
+clips are StreamPro-Synth's (``dataset_scripts/synth.py``), one per task, rendered at 1 fps;
+``--frames N`` loops each clip to N frames (the question stays at its time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def synth_streams(n: int, frames: int | None, size: int, seed: int = 7):
+    """n StreamPro-Synth clips (tasks in turn), rendered at 1 fps: (frames, question, question_time) each."""
+    from streampro.dataset_scripts.schema import TASKS
+    from streampro.dataset_scripts.synth import make_clip
+
+    out = []
+    for i in range(n):
+        clip = make_clip(TASKS[i % len(TASKS)], 1000 + i, seed, size)
+        images = [clip.render(float(k + 1)) for k in range(clip.duration)]  # turn k shows time k + 1 s
+        if frames is not None:
+            images = [images[k % len(images)] for k in range(frames)]
+        out.append((images, clip.question, clip.question_time))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the clips as they are (12-24 frames each)")
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=None, help="frames per stream (clips looped); default 100")
+    parser.add_argument("--model", default=None, help="checkpoint directory (default: the embedded tiny model)")
+    parser.add_argument("--size", type=int, default=112, help="clip side in px")
+    parser.add_argument("--window-turns", type=int, default=200)
+    parser.add_argument("--memory", default="window", choices=["window", "sink_window"])
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16"])
+    args = parser.parse_args()
+
+    import torch
+
+    from streampro.loading import load_model_and_processor
+
+    torch.manual_seed(0)
+    model, processor = load_model_and_processor(args.model, device=args.device, dtype=args.dtype)
+    frames = None if args.quick else (args.frames or 100)
+    streams = synth_streams(args.streams, frames, args.size)
+    options = dict(window_turns=args.window_turns, memory=args.memory, max_new_tokens=args.max_new_tokens)
+    total = sum(len(f) for f, _, _ in streams)
+
+    def sync():
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    with torch.no_grad():
+        # Warm-up (allocator, kernels) on one short stream each way.
+        list(model.generate_stream(streams[0][0][:3], None, processor=processor, **options))
+        model.generate_streams([s[0][:3] for s in streams[:2]], [None, None], processor=processor, **options)
+        sync()
+        start = time.perf_counter()
+        single = [list(model.generate_stream(f, q, processor=processor, question_time=t, **options))
+                  for f, q, t in streams]
+        sync()
+        single_s = time.perf_counter() - start
+        start = time.perf_counter()
+        batched = model.generate_streams([f for f, _, _ in streams], [q for _, q, _ in streams], processor=processor,
+                                         question_times=[t for _, _, t in streams], **options)
+        sync()
+        batched_s = time.perf_counter() - start
+    agree = sum(a.decision == b.decision and a.text == b.text
+                for sa, sb in zip(single, batched) for a, b in zip(sa, sb)) / total
+    responses = sum(e.decision == "response" for s in single for e in s)
+    print(f"model: {model.config.backbone} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), "
+          f"{args.streams} streams, {total} frames, {responses} responses, device {args.device}")
+    print(f"  one by one: {total / single_s:8.1f} frames/s  ({single_s:.2f} s)")
+    print(f"  batched:    {total / batched_s:8.1f} frames/s  ({batched_s:.2f} s)")
+    result = {
+        "streams": args.streams,
+        "frames": total,
+        "responses": responses,
+        "device": args.device,
+        "memory": args.memory,
+        "frames_per_s_single": round(total / single_s, 2),
+        "frames_per_s_batched": round(total / batched_s, 2),
+        "speedup_batched": round(single_s / batched_s, 2),
+        "event_agreement": round(agree, 4),
+    }
+    if args.device.startswith("cuda"):
+        result["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
