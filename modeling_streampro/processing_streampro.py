@@ -6,8 +6,10 @@ time convention (turn k ↔ time (k + 1) / fps) lives in ``time_streampro.py`` a
 
 from __future__ import annotations
 
+import re
+
 import torch
-from transformers import ProcessorMixin
+from transformers import BatchFeature, ProcessorMixin
 
 from .time_streampro import num_turns, time_tag, turn_index_for_time, turn_time
 
@@ -28,6 +30,7 @@ QWEN_SPECIAL_TOKENS = (
     "<|video_pad|>",
 )
 IMAGE_PAD = "<|image_pad|>"
+VIDEO_PAD = "<|video_pad|>"
 END_OF_TURN = "<|im_end|>"
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -228,29 +231,53 @@ class StreamProProcessor(ProcessorMixin):
             **vision,
         )
 
-    def __call__(self, text=None, images=None, return_tensors="pt", **kwargs):
-        """Generic Qwen-style call: each ``<|image_pad|>`` in ``text`` is expanded for one image, in order."""
+    def __call__(self, text=None, images=None, videos=None, return_tensors="pt", fps: float = 1.0, **kwargs):
+        """Generic Qwen-style call for plain (offline) image / video QA with ``model.generate``.
+
+        Each ``<|image_pad|>`` in ``text`` takes the next image. Each ``<|video_pad|>`` (alone or
+        inside ``<|vision_start|>…<|vision_end|>``) takes the next video — a sequence of frames
+        sampled at ``fps`` (or a (T, H, W, 3) array) — written as StreamPro sees a stream: one
+        time-tagged image per frame, ``<ks-(k+1)s><|vision_start|><|image_pad|>…<|vision_end|>``
+        (docs/method.md §1). Images may be nested per sample (what ``apply_chat_template`` passes).
+        Returns a ``BatchFeature`` (``input_ids``, ``attention_mask``, ``mm_token_type_ids``,
+        ``pixel_values``, ``image_grid_thw``).
+        """
         if text is None:
             raise ValueError("text is required")
+        kwargs.pop("audio", None)  # apply_chat_template passes audio=None
+        kwargs.pop("add_special_tokens", None)  # the text already holds the chat tokens
         texts = [text] if isinstance(text, str) else list(text)
-        vision = self.process_frames(images) if images is not None else {}
+        images = list(_flatten_images(images)) if images is not None else []
+        videos = _as_videos(videos) if videos is not None else []
+        pieces = [re.split(f"({re.escape(IMAGE_PAD)}|{re.escape(VIDEO_PAD)})", _bare_video_pads(t)) for t in texts]
+        # Frames in text order: an image placeholder takes one image, a video placeholder all its frames.
+        wanted = [piece for parts in pieces for piece in parts if piece in (IMAGE_PAD, VIDEO_PAD)]
+        n_image, n_video = wanted.count(IMAGE_PAD), wanted.count(VIDEO_PAD)
+        if (n_image, n_video) != (len(images), len(videos)):
+            raise ValueError(
+                f"text has {n_image} {IMAGE_PAD} and {n_video} {VIDEO_PAD} placeholders but {len(images)} image(s) "
+                f"and {len(videos)} video(s) were given; pass one image per {IMAGE_PAD} and one video per {VIDEO_PAD}"
+            )
+        image_iter, video_iter = iter(images), iter(videos)
+        frames = [f for piece in wanted for f in ([next(image_iter)] if piece == IMAGE_PAD else next(video_iter))]
+        vision = self.process_frames(frames) if frames else {}
         counts = iter(self.num_image_tokens(vision["image_grid_thw"])) if vision else iter(())
+        video_iter = iter(videos)
         expanded = []
-        for t in texts:
-            pieces = t.split(IMAGE_PAD)
-            out = pieces[0]
-            for piece in pieces[1:]:
-                try:
-                    out += IMAGE_PAD * next(counts) + piece
-                except StopIteration:
-                    raise ValueError("more <|image_pad|> placeholders in text than images") from None
+        for parts in pieces:
+            out = ""
+            for piece in parts:
+                if piece == IMAGE_PAD:
+                    out += IMAGE_PAD * next(counts)
+                elif piece == VIDEO_PAD:
+                    for k in range(len(next(video_iter))):
+                        out += f"{time_tag(k, fps)}<|vision_start|>{IMAGE_PAD * next(counts)}<|vision_end|>"
+                else:
+                    out += piece
             expanded.append(out)
-        if next(counts, None) is not None:
-            raise ValueError("more images than <|image_pad|> placeholders in text")
         enc = self.tokenizer(expanded, add_special_tokens=False, padding=True, return_tensors=return_tensors, **kwargs)
-        enc["mm_token_type_ids"] = (enc["input_ids"] == self.image_token_id).int()
-        enc.update(vision)
-        return enc
+        data = {**enc, "mm_token_type_ids": (enc["input_ids"] == self.image_token_id).int(), **vision}
+        return BatchFeature(data=data, tensor_type=return_tensors)
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -261,6 +288,31 @@ class StreamProProcessor(ProcessorMixin):
 
 
 StreamProProcessor.register_for_auto_class("AutoProcessor")
+
+
+def _is_frame(x) -> bool:
+    """A PIL image or an HxWxC array (a single frame, not a list of them)."""
+    return callable(getattr(x, "convert", None)) or getattr(x, "ndim", None) == 3
+
+
+def _flatten_images(images):
+    if _is_frame(images):
+        yield images
+        return
+    for item in images:
+        yield from _flatten_images(item)
+
+
+def _as_videos(videos) -> list[list]:
+    """One video (frames or a (T, H, W, 3) array) or a list of them → a list of frame lists."""
+    if getattr(videos, "ndim", None) == 4 or (isinstance(videos, (list, tuple)) and videos and _is_frame(videos[0])):
+        videos = [videos]
+    return [list(v) for v in videos]
+
+
+def _bare_video_pads(text: str) -> str:
+    """``<|vision_start|><|video_pad|><|vision_end|>`` → ``<|video_pad|>`` (each frame gets its own markers)."""
+    return text.replace(f"<|vision_start|>{VIDEO_PAD}<|vision_end|>", VIDEO_PAD)
 
 
 def stream_messages(

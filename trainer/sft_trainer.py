@@ -8,6 +8,7 @@ give the same normalisation as one large batch. ``__init__`` only bridges config
 freezes the vision tower when asked, lets ``SFTTrainer`` validate its own ``loss_type`` names,
 and tells ``Trainer`` that this loss takes ``num_items_in_batch``. ``_load_from_checkpoint``
 fixes resuming (Trainer's loader silently skips transformers 5's renamed Qwen-VL weights).
+``create_model_card`` / ``save_model`` write StreamPro's model card instead of TRL's.
 
 Pinned to trl==1.16.0 (the fused LM head outputs and ``_metrics`` are TRL internals).
 """
@@ -141,6 +142,19 @@ class StreamProSFTTrainer(SFTTrainer):
         # `accepts_loss_kwargs = False`, which would make Trainer skip counting it and average
         # per-micro-batch means instead (gradient accumulation != one large batch).
         self.model_accepts_loss_kwargs = True
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """StreamPro's card (``streampro.modelcard``) in ``output_dir`` instead of TRL's generic one."""
+        from streampro.modelcard import write_trainer_card
+
+        write_trainer_card(self, "sft", dataset_name=dataset_name, tags=tags)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        """``Trainer.save_model`` plus the StreamPro card, so each checkpoint and the final folder carry it."""
+        from streampro.modelcard import write_trainer_card
+
+        super().save_model(output_dir, _internal_call)
+        write_trainer_card(self, "sft", output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Resume with the model's own strict loader (full-model checkpoints only).

@@ -4,7 +4,13 @@ Steps: load the base model with transformers' own class (which applies its check
 conversion), add the decision tokens to the tokenizer and resize/initialise the embeddings,
 wrap the weights in ``StreamProForConditionalGeneration`` (same parameter names, so the state
 dict moves over strictly), and save weights + remote code + processor (tokenizer with the
-StreamPro chat template, PIL image processor) to the output directory.
+StreamPro chat template, PIL image processor) and a model card (``streampro.modelcard``) to the
+output directory.
+
+Frames get a streaming pixel budget, not the base model's offline one: at most
+``STREAMING_MAX_PIXELS`` (448×448) per frame, 256 vision tokens on Qwen2.5-VL (28-px merged
+patches) and 196 on Qwen3-VL (32-px), so the default 200-turn window holds about 51 k / 39 k
+vision tokens (docs/engine.md, "Frame resolution"). ``max_pixels`` overrides it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+# Per-frame pixel budget for streaming (one frame per turn, up to 200 turns in the window).
+STREAMING_MAX_PIXELS = 448 * 448
+
 
 def convert_backbone(
     src: str | Path,
@@ -24,11 +33,20 @@ def convert_backbone(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     overwrite: bool = False,
+    base_model: str | None = None,
+    license: str | None = None,
 ) -> Path:
+    """Convert ``src`` into a StreamPro checkpoint in ``dst``; returns ``dst``.
+
+    ``max_pixels`` defaults to ``STREAMING_MAX_PIXELS``; ``min_pixels`` to the base processor's.
+    ``base_model`` is the Hub id the card names (default: read from a Hugging Face cache path).
+    ``license`` defaults to the licence in ``src/README.md`` (a Hub download has one), else "other".
+    """
     import torch
     from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
 
     from streampro.backbones import add_decision_tokens
+    from streampro.modelcard import frames_note, hub_id_from_path, read_card_data, write_model_card
     from streampro.modeling_streampro.configuration_streampro import BACKBONE_MODEL_TYPES, StreamProConfig
     from streampro.modeling_streampro.modeling_streampro import StreamProForConditionalGeneration
     from streampro.modeling_streampro.processing_streampro import CHAT_TEMPLATE, StreamProProcessor
@@ -60,15 +78,33 @@ def convert_backbone(
     model.eval()
 
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(src)
-    if min_pixels or max_pixels:
-        size = dict(image_processor.size)
-        size["shortest_edge"] = min_pixels or size["shortest_edge"]
-        size["longest_edge"] = max_pixels or size["longest_edge"]
-        image_processor.size = size
+    size = dict(image_processor.size)
+    size["shortest_edge"] = min_pixels or size["shortest_edge"]
+    size["longest_edge"] = max_pixels or STREAMING_MAX_PIXELS
+    if size["shortest_edge"] > size["longest_edge"]:
+        raise ValueError(f"min_pixels {size['shortest_edge']} is above max_pixels {size['longest_edge']}")
+    image_processor.size = size
     processor = StreamProProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst)
     processor.save_pretrained(dst)
+    base_card = read_card_data(src)
+    base_model = base_model or hub_id_from_path(src)
+    if base_model is None:
+        logger.warning("the model card names no base_model: pass --base-model ORG/NAME (the Hub id of %s)", src)
+    if license is None and "license" not in base_card:
+        logger.warning("%s has no model card with a licence: the card says 'other'; pass --license", src)
+    write_model_card(
+        dst,
+        model_name=dst.resolve().name,
+        backbone=config.backbone,
+        stage="converted",
+        base_model=base_model,
+        license=license or base_card.get("license", "other"),
+        license_name=base_card.get("license_name"),
+        license_link=base_card.get("license_link"),
+        frames=frames_note(image_processor, config.backbone),
+    )
     logger.info("wrote StreamPro checkpoint (%s backbone) to %s", config.backbone, dst)
     return dst

@@ -12,6 +12,7 @@ logger = logging.getLogger(__name__)
 # The default checkpoint shipped inside the package (a tiny model trained on StreamPro-Synth,
 # see docs/reproduce.md). Every command that takes --model uses it when none is given.
 EMBEDDED_MODEL_DIR = Path(__file__).parent / "assets" / "streampro-tiny-synth"
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def default_model_dir() -> Path:
@@ -27,7 +28,9 @@ def load_model_and_processor(model_dir: str | Path | None = None, *, device: str
     """(model, processor) from a StreamPro checkpoint directory (``None`` → the embedded default).
 
     Loads through the checkpoint's own remote code path classes (``StreamProForConditionalGeneration``),
-    strictly: a missing weight is an error.
+    strictly: a missing weight is an error. ``dtype`` (a ``torch.dtype`` or its name) defaults to
+    the checkpoint's own (``config.json``'s ``dtype``): a bf16 checkpoint stays bf16 on the CPU too
+    (half the memory of float32).
     """
     from streampro.modeling_streampro.modeling_streampro import StreamProForConditionalGeneration
     from streampro.modeling_streampro.processing_streampro import StreamProProcessor
@@ -36,9 +39,13 @@ def load_model_and_processor(model_dir: str | Path | None = None, *, device: str
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} is not a model directory (no config.json); pass a StreamPro checkpoint")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype is None:
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype is None or dtype == "auto":
+        dtype = "auto"
+    elif isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r}: choose one of {['auto', *DTYPES]}")
+        dtype = getattr(torch, dtype)
     model = StreamProForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
     processor = StreamProProcessor.from_pretrained(path, trust_remote_code=True)
-    logger.info("loaded %s (%s backbone) on %s", path, model.config.backbone, device)
+    logger.info("loaded %s (%s backbone, %s) on %s", path, model.config.backbone, model.dtype, device)
     return model, processor

@@ -28,10 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--response-threshold", type=float, default=None, help="respond when P(</Response>) >= this (default: arg-max)"
     )
-    parser.add_argument("--memory", choices=["window", "round_decay"], default="window")
+    parser.add_argument("--memory", choices=["window", "sink_window", "round_decay"], default="window",
+                        help="window: exact sliding window; sink_window: the same turns without re-prefill, for "
+                             "unbounded streams (docs/engine.md); round_decay: pool old frames to --token-budget")
     parser.add_argument("--token-budget", type=int, default=None, help="context budget for --memory round_decay")
     parser.add_argument("--max-pixels", type=int, default=None, help="downscale frames to at most this many pixels")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="weights dtype (default auto: the checkpoint's own, bf16 stays bf16 on CPU)")
     parser.add_argument("--out", type=Path, help="write one JSON event per frame to this JSONL file (folders are created)")
 
 
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        model, processor = load_model_and_processor(args.model, device=args.device)
+        model, processor = load_model_and_processor(args.model, device=args.device, dtype=args.dtype)
     except FileNotFoundError as e:
         raise UserError.from_exception(e, "pass --model DIR, a StreamPro checkpoint directory") from e
     events = model.generate_stream(

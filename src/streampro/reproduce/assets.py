@@ -27,6 +27,7 @@ def install_assets(run: Run, summary: dict, assets: Path = ASSETS_DIR, num_clips
     the final model has the highest non-zero test F1, that task's test clip with the model's best F1.
     """
     from streampro.loading import load_model_and_processor
+    from streampro.modelcard import write_embedded_card
 
     final = summary["final_model"]
     model_dir = assets / "streampro-tiny-synth"
@@ -44,6 +45,8 @@ def install_assets(run: Run, summary: dict, assets: Path = ASSETS_DIR, num_clips
     report = run.report(final, "test")
     scores = {s["id"]: s.get("f1", 0.0) for s in report["per_sample"]}
     results = summary["rows"][final]
+    write_embedded_card(model_dir, model, processor, json.loads((model_dir / "PROVENANCE.json").read_text()),
+                        {t: results[f"{t}_f1"] for t in tasks_of(results)})
     scored = [t for t in tasks_of(results) if results[f"{t}_f1"] > 0]  # a task the model fails shows nothing
     tasks = sorted(scored, key=lambda t: -results[f"{t}_f1"])[:num_clips]
     refs = read_jsonl(run.data / "bench" / "test.jsonl")
