@@ -24,6 +24,11 @@ Degenerate rows are never dropped silently; every rule has a counter printed in 
 - ``duration_estimated``: the annotation has no duration and no video was probed: the duration
   is set to the latest annotated time (a lower bound) and ``meta.duration_estimated`` is true.
 
+Wrong types are refused with the file and the entry (or line) and field, never coerced: a number
+where a text belongs (a sentence ``42``), a string where a number belongs (``"12.5"``), a DoTA class
+outside DoTA's list. ``streampro data convert`` exits non-zero when no sample is written (an empty
+file, every row dropped), naming the counters above.
+
 Resume: the output is append-only; ids already in it are skipped (``already_done``), and a
 truncated last line (an interrupted write) is cut off before appending.
 """
@@ -52,8 +57,6 @@ from streampro.jsonl import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
-# ProactiveVideoQA marks scenes that hold no answer with this text.
-_NO_REPLY = "NO REPLY"
 # DoTA annotates frame indices at this rate (its README).
 DOTA_FPS = 10.0
 # RF: warn this many seconds before the hazard materialises (docs/method.md §2).
@@ -100,10 +103,18 @@ def _need(entry: dict, keys: tuple[str, ...], where: str) -> None:
 
 
 def _num(value, where: str, field: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise RawFormatError(f"{where}: field '{field}' must be a number, got {value!r}") from None
+    """A JSON number; a string (even ``"12.5"``), a boolean or null is refused, never coerced."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "a string" if isinstance(value, str) else type(value).__name__
+        raise RawFormatError(f"{where}: field '{field}' must be a number, got {value!r} ({kind})")
+    return float(value)
+
+
+def _text(value, where: str, field: str) -> str:
+    """A JSON string, stripped; a number or anything else is refused, never turned into text."""
+    if not isinstance(value, str):
+        raise RawFormatError(f"{where}: field '{field}' must be a string, got {value!r} ({type(value).__name__})")
+    return value.strip()
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,7 +147,7 @@ def read_activitynet(path: Path, task: str, stats: Counter) -> Iterator[Candidat
             if not isinstance(span, list) or len(span) != 2:
                 raise RawFormatError(f"{where}: field 'timestamps[{i}]' must be [start, end], got {span!r}")
             events.append((_num(span[0], where, f"timestamps[{i}]"), _num(span[1], where, f"timestamps[{i}]"),
-                           str(text).strip()))
+                           _text(text, where, f"sentences[{i}]")))
         if task == "EU":
             answers = [{"text": t, "start": s, "end": e} for s, e, t in events]
         elif task == "AA":
@@ -175,14 +186,17 @@ def read_charades_sta(path: Path, task: str, stats: Counter) -> Iterator[Candida
                     f"{path}:{lineno}: expected 'VIDEO START END##sentence', got {line.strip()[:80]!r}"
                 )
             vid, s, e, sentence = m.groups()
-            rows.append((lineno, vid, _num(s, f"{path}:{lineno}", "START"), _num(e, f"{path}:{lineno}", "END"),
-                         sentence.strip()))
+            try:
+                start, end = float(s), float(e)
+            except ValueError:
+                raise RawFormatError(f"{path}:{lineno}: START and END must be numbers, got {s!r} and {e!r}") from None
+            rows.append((lineno, vid, start, end, sentence.strip()))
     latest: dict[str, float] = {}
     for _, vid, _, e, _ in rows:
         latest[vid] = max(latest.get(vid, 0.0), e)
     for lineno, vid, s, e, sentence in rows:
         yield Candidate(
-            id=f"charades-sta:L{lineno}", task="TG", video=vid, duration=None, question=tg_question(sentence),
+            id=f"charades-sta:{path.stem}:L{lineno}", task="TG", video=vid, duration=None, question=tg_question(sentence),
             question_time=0.0, answers=[{"text": format_segment(s, e), "start": s, "end": e}],
             meta={"query": sentence, "latest_annotated_time": latest[vid]},
         )
@@ -199,19 +213,31 @@ def read_qvhighlights(path: Path, task: str, stats: Counter) -> Iterator[Candida
                 raise RawFormatError(f"{where}: field 'relevant_windows[{i}]' must be [start, end], got {w!r}")
             s, e = _num(w[0], where, "relevant_windows"), _num(w[1], where, "relevant_windows")
             answers.append({"text": format_segment(s, e), "start": s, "end": e})
+        query = _text(entry["query"], where, "query")
         yield Candidate(
-            id=f"qvhighlights:{entry['qid']}", task="TG", video=entry["vid"],
-            duration=_num(entry["duration"], where, "duration"), question=tg_question(entry["query"]),
-            question_time=0.0, answers=answers, meta={"query": entry["query"]},
+            id=f"qvhighlights:{entry['qid']}", task="TG", video=_text(entry["vid"], where, "vid"),
+            duration=_num(entry["duration"], where, "duration"), question=tg_question(query),
+            question_time=0.0, answers=answers, meta={"query": query},
         )
 
 
-def _dota_advice(anomaly_class: str) -> str:
-    """A short warning from a DoTA class such as ``"ego: turning"``."""
-    who, _, kind = anomaly_class.partition(":")
-    kind = kind.strip().replace("_", " ") or "unknown"
-    party = "us" if who.strip() == "ego" else "other vehicles"
-    return f"Warning: a traffic accident involving {party} ({kind}) is about to happen ahead; slow down and keep clear."
+# DoTA's anomaly categories (its README); each is annotated as "ego: KIND" or "other: KIND".
+DOTA_KINDS = ("start_stop_or_stationary", "moving_ahead_or_waiting", "lateral", "oncoming", "turning",
+              "pedestrian", "obstacle", "leave_to_right", "leave_to_left", "unknown")
+
+
+def _dota_advice(anomaly_class, where: str) -> str:
+    """A short warning from a DoTA class such as ``"ego: turning"``; a class outside DoTA's list is refused."""
+    who, _, kind = _text(anomaly_class, where, "anomaly_class").partition(":")
+    who, kind = who.strip(), kind.strip()
+    if who not in ("ego", "other") or kind not in DOTA_KINDS:
+        raise RawFormatError(
+            f"{where}: field 'anomaly_class' is {anomaly_class!r}, not a DoTA class ('ego: KIND' or 'other: KIND', "
+            f"KIND one of {list(DOTA_KINDS)})"
+        )
+    party = "us" if who == "ego" else "other vehicles"
+    return (f"Warning: a traffic accident involving {party} ({kind.replace('_', ' ')}) is about to happen ahead; "
+            "slow down and keep clear.")
 
 
 def read_dota(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
@@ -234,63 +260,21 @@ def read_dota(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
             id=f"dota:{clip}", task="RF", video=clip,
             duration=_num(entry["num_frames"], where, "num_frames") / DOTA_FPS,
             question=QUESTIONS["RF"], question_time=0.0,
-            answers=[{"text": _dota_advice(str(entry["anomaly_class"])), "time": warn}],
+            answers=[{"text": _dota_advice(entry["anomaly_class"], where), "time": warn}],
             meta={"hazard_onset": onset, "anomaly_end": _num(entry["anomaly_end"], where, "anomaly_end") / DOTA_FPS,
                   "anomaly_class": entry["anomaly_class"]},
         )
 
 
-def _camel_words(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", " ", name).lower()
-
-
-def read_ovo_bench(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
-    """OVO-Bench forward-active tasks (the other tasks are skipped and counted per task).
-
-    Mapping (Decision, docs/data.md): REC → EU, each repetition a span answered ``"count: n"``;
-    SSR → EU, each tutorial step a span; CRR → OU, t* = ``clue_time`` (the moment the clue
-    appears), question at ``ask_time``. REC/SSR are asked at 0 s. OVO-Bench has no durations.
-    """
-    data = _load_json(path)
-    if not isinstance(data, list):
-        raise RawFormatError(f"{path}: expected a list of OVO-Bench items")
-    for i, entry in enumerate(data):
-        where = f"{path}: item {i}"
-        _need(entry, ("id", "task", "video"), where)
-        kind = entry["task"]
-        test_times = [_num(t.get("realtime"), where, "test_info.realtime") for t in entry.get("test_info") or []]
-        meta = {"ovo_task": kind, "test_info": entry.get("test_info"),
-                "latest_annotated_time": max(test_times, default=0.0)}
-        if kind == "REC":
-            _need(entry, ("activity", "start_times", "end_times"), where)
-            spans = list(zip(entry["start_times"], entry["end_times"]))
-            answers = [{"text": f"count: {n}", "start": _num(s, where, "start_times"), "end": _num(e, where, "end_times")}
-                       for n, (s, e) in enumerate(spans, 1)]
-            question = (f"Count how many times the person is {entry['activity']}. "
-                        "Each time one more is completed, tell me the new count.")
-            yield Candidate(id=f"ovo-bench:{entry['id']}", task="EU", video=entry["video"], duration=None,
-                            question=question, question_time=0.0, answers=answers, meta=meta)
-        elif kind == "SSR":
-            _need(entry, ("tutorial", "all_steps", "start_time", "end_time"), where)
-            answers = [{"text": str(step), "start": _num(s, where, "start_time"), "end": _num(e, where, "end_time")}
-                       for step, s, e in zip(entry["all_steps"], entry["start_time"], entry["end_time"])]
-            question = (f"I am watching a tutorial: {_camel_words(entry['tutorial'])}. "
-                        "Tell me each step as soon as it has been completed.")
-            yield Candidate(id=f"ovo-bench:{entry['id']}", task="EU", video=entry["video"], duration=None,
-                            question=question, question_time=0.0, answers=answers, meta=meta)
-        elif kind == "CRR":
-            _need(entry, ("question", "answer", "ask_time", "clue_time"), where)
-            yield Candidate(id=f"ovo-bench:{entry['id']}", task="OU", video=entry["video"], duration=None,
-                            question=str(entry["question"]), question_time=_num(entry["ask_time"], where, "ask_time"),
-                            answers=[{"text": str(entry["answer"]), "time": _num(entry["clue_time"], where, "clue_time")}],
-                            meta=meta)
-        else:
-            stats[f"skipped_not_forward_task_{kind}"] += 1
-
-
 def _streamo_time(value, where: str, field: str) -> float | None:
+    """Streamo writes its times as strings (``"4"``, ``""`` for none); JSON numbers are taken too."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise RawFormatError(f"{where}: field '{field}' must be a time in seconds, got {value!r}") from None
     return _num(value, where, field)
 
 
@@ -327,7 +311,7 @@ def read_streamo(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
             st = _streamo_time(r.get("st_time"), where, f"response[{j}].st_time")
             en = _streamo_time(r.get("end_time"), where, f"response[{j}].end_time")
             t = _streamo_time(r.get("time"), where, f"response[{j}].time")
-            text = str(r["content"]).strip()
+            text = _text(r["content"], where, f"response[{j}].content")
             if st is not None and en is not None:
                 span = (st, en)
             elif t is not None:
@@ -340,51 +324,14 @@ def read_streamo(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
                 answers.append({"text": format_segment(*span) if task in SEGMENT_TASKS else text,
                                 "start": span[0], "end": span[1]})
         yield Candidate(
-            id=f"streamo:{i}", task=task, video=str(video), duration=None, question=str(q["content"]),
+            id=f"streamo:{path.stem}:{i}", task=task, video=_text(video, where, "video_path"), duration=None,
+            question=_text(q["content"], where, "question[0].content"),
             question_time=q_time, answers=answers,
             meta={"streamo_task_type": entry.get("task_type"), "streamo_source": entry.get("source")},
         )
 
 
-def read_proactivevideoqa(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
-    """ProactiveVideoQA ``anno.json``: ``[{video, question_id, duration?, conversation, answer: [{content, related_timespan, reply_timespan}]}]``.
-
-    The question is the first user turn (at its ``time``). ``NO REPLY`` answers are skipped and
-    counted. EU/TP/TG use ``related_timespan`` as the event span (answer due when the related
-    content ends); timestamp tasks use t* = ``reply_timespan[0]``, the earliest accepted reply.
-    """
-    data = _load_json(path)
-    if not isinstance(data, list):
-        raise RawFormatError(f"{path}: expected a list of ProactiveVideoQA samples")
-    for i, entry in enumerate(data):
-        where = f"{path}: item {i}"
-        _need(entry, ("video", "conversation", "answer"), where)
-        users = [t for t in entry["conversation"] if isinstance(t, dict) and t.get("role") == "user"]
-        if not users:
-            raise RawFormatError(f"{where}: field 'conversation' has no user turn (the question)")
-        q = users[0]
-        answers = []
-        for j, a in enumerate(entry["answer"]):
-            _need(a, ("content", "reply_timespan"), f"{where} answer[{j}]")
-            text = str(a["content"]).strip()
-            if text.upper() == _NO_REPLY:
-                stats["no_reply_answer_skipped"] += 1
-                continue
-            reply = [_num(x, where, f"answer[{j}].reply_timespan") for x in a["reply_timespan"]]
-            related = [_num(x, where, f"answer[{j}].related_timespan") for x in (a.get("related_timespan") or reply)]
-            if task in TIMESTAMP_TASKS:
-                answers.append({"text": text, "time": reply[0]})
-            else:
-                answers.append({"text": format_segment(*related) if task in SEGMENT_TASKS else text,
-                                "start": related[0], "end": related[1]})
-        duration = entry.get("duration")
-        yield Candidate(
-            id=f"proactivevideoqa:{entry.get('question_id', i)}", task=task, video=str(entry["video"]),
-            duration=None if duration is None else _num(duration, where, "duration"),
-            question=str(q.get("content", "")), question_time=_num(q.get("time", 0.0), where, "conversation.time"),
-            answers=answers, meta={},
-        )
-
+from streampro.dataset_scripts import benchmarks  # noqa: E402  (it imports the helpers above)
 
 # name -> (reader, tasks --task may choose, the first being the default; None: the format fixes the task)
 FORMATS: dict[str, tuple[Callable[[Path, str | None, Counter], Iterator[Candidate]], tuple[str, ...] | None]] = {
@@ -392,9 +339,11 @@ FORMATS: dict[str, tuple[Callable[[Path, str | None, Counter], Iterator[Candidat
     "charades-sta": (read_charades_sta, None),  # TG
     "qvhighlights": (read_qvhighlights, None),  # TG
     "dota": (read_dota, None),  # RF
-    "ovo-bench": (read_ovo_bench, None),  # per item: REC/SSR -> EU, CRR -> OU
+    # dataset_scripts/benchmarks.py: real-time QA records and proactive records (docs/data.md)
+    "ovo-bench": (benchmarks.read_ovo_bench, None),
+    "streamingbench": (benchmarks.read_streamingbench, None),
     "streamo": (read_streamo, TASKS),
-    "proactivevideoqa": (read_proactivevideoqa, TASKS),
+    "proactivevideoqa": (benchmarks.read_proactivevideoqa, TASKS),
 }
 
 
@@ -547,7 +496,9 @@ def convert(
         for cand in tqdm(candidates, desc=f"convert {fmt}", unit="sample", disable=not progress):
             stats["read"] += 1
             content = json.dumps([cand["video"], cand["task"], cand["question"], cand["question_time"],
-                                  cand["answers"]], sort_keys=True)
+                                  cand.get("answers"), cand.get("options"), cand.get("answer"),
+                                  cand.get("group"), cand["id"] if "kind" in cand else None], sort_keys=True)
+            # (a benchmark's questions are scored as published, repeats included: QA records keep their ids)
             if content in seen_content:
                 stats["duplicate_sample"] += 1
                 continue
@@ -579,7 +530,7 @@ def convert(
             if sample["duration"] is None:
                 # Lower bound: the latest time the annotation mentions (answers, question, and any
                 # other times the reader noted, e.g. other queries on the same video).
-                sample["duration"] = max(_latest_time(sample["answers"]), sample["question_time"],
+                sample["duration"] = max(_latest_time(sample.get("answers", [])), sample["question_time"],
                                          latest_hint)
                 meta["duration_estimated"] = True
                 stats["duration_estimated"] += 1
@@ -588,6 +539,13 @@ def convert(
                 continue
             if sample["question_time"] > sample["duration"]:
                 stats["question_after_duration"] += 1
+                continue
+            if "kind" in sample:  # a real-time QA record (dataset_scripts/benchmarks.py): no timed answers
+                sample["source"] = fmt
+                sample["meta"] = meta
+                benchmarks.validate_qa(sample, where=f"{input_path} -> {cand['id']}")
+                out.write(sample)
+                stats["written"] += 1
                 continue
             sample["answers"] = clean_answers(
                 sample["task"], sample["answers"], sample["duration"], sample["question_time"], stats

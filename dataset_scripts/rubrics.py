@@ -142,28 +142,16 @@ class RubricWriter:
     an invalid rubric is asked again up to ``invalid_retries`` times, then raises :class:`RubricError`.
     """
 
-    def __init__(
-        self,
-        endpoint: str,
-        model: str,
-        *,
-        api_key_env: str = "OPENAI_API_KEY",
-        timeout: float = 120.0,
-        max_retries: int = 5,
-        backoff: float = 1.0,
-        max_backoff: float = 60.0,
-        invalid_retries: int = 2,
-    ):
+    def __init__(self, endpoint: str, model: str, *, invalid_retries: int = 2, **endpoint_options):
+        """``endpoint_options`` go to :class:`ChatEndpoint` (api_key_env, timeout, max_retries, backoff,
+        max_backoff); a rubric takes longer to write than a score, so the timeout defaults to 120 s."""
         from streampro.metrics.llm_client import ChatEndpoint
 
         if not endpoint or not model:
             raise ValueError("rubrics need --endpoint (e.g. http://localhost:8000/v1) and --model")
         if invalid_retries < 0:
             raise ValueError(f"invalid_retries must be >= 0, got {invalid_retries}")
-        self.endpoint = ChatEndpoint(
-            endpoint, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries, backoff=backoff,
-            max_backoff=max_backoff,
-        )
+        self.endpoint = ChatEndpoint(endpoint, **{"timeout": 120.0, **endpoint_options})
         self.model = model
         self.invalid_retries = invalid_retries
 

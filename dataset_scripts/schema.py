@@ -20,6 +20,7 @@ Validation errors name the file, line and field (:class:`RawFormatError`).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -62,6 +63,11 @@ def validate_raw(sample, where: str = "sample") -> dict:
     """
     if not isinstance(sample, dict):
         raise RawFormatError(f"{where}: a raw sample must be a JSON object, got {type(sample).__name__}")
+    if "kind" in sample:
+        raise RawFormatError(
+            f"{where}: a real-time QA record (kind {sample['kind']!r}), not a raw sample with timed answers; "
+            "pass benchmark references to `streampro score --benchmark` / `streampro evaluate`, not `data build`"
+        )
     missing = [f for f in REQUIRED_FIELDS if f not in sample]
     if missing:
         raise RawFormatError(f"{where}: missing field(s) {missing}; a raw sample needs {list(REQUIRED_FIELDS)}")
@@ -147,13 +153,23 @@ def to_reference(sample: dict) -> dict:
 
 
 def read_raw(path: str | os.PathLike) -> list[dict]:
-    """Read and validate a raw JSONL file; ids must be unique."""
-    samples, seen = [], {}
+    """Read and validate a raw JSONL file; ids must be unique.
+
+    Real-time QA records (``kind``, from ``streampro data convert ovo-bench|streamingbench``) are
+    not raw samples: they are left out, and their number is logged.
+    """
+    samples, seen, qa_records = [], {}, 0
     for lineno, obj in iter_jsonl(path):
         where = f"{path}:{lineno}"
+        if isinstance(obj, dict) and "kind" in obj:
+            qa_records += 1
+            continue
         validate_raw(obj, where)
         if obj["id"] in seen:
             raise RawFormatError(f"{where}: field 'id' {obj['id']!r} repeats line {seen[obj['id']]}; ids must be unique")
         seen[obj["id"]] = lineno
         samples.append(obj)
+    if qa_records:
+        logging.getLogger(__name__).warning(
+            "%s: %d real-time QA record(s) left out (score them with `streampro score --benchmark`)", path, qa_records)
     return samples

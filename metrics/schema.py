@@ -1,5 +1,8 @@
 """The reference and prediction formats shared by the metric, the data builders and evaluation.
 
+The code is ``metrics/streampro_f1/schema.py`` (part of the self-contained ``evaluate`` module),
+re-exported here.
+
 A **reference** is one benchmark sample::
 
     {"id": "v1_q0", "task": "EU", "question": "...", "question_time": 3.0,
@@ -13,6 +16,17 @@ for EU / TP (the event span) and TG (the ground-truth segment, whose end is t*).
 A **prediction** is ``{"id": ..., "predictions": [{"time": 12.0, "text": "..."}, ...]}``; the
 metric functions take just the inner list. Validation errors say which field is wrong and how to
 fix it; callers prefix the location (file and line).
+
+A **real-time QA record** (OVO-Bench, StreamingBench; docs/data.md "Streaming benchmarks") is a
+question asked at ``question_time`` about the stream so far, told apart by its ``kind``::
+
+    {"id": "ovo-bench:0", "benchmark": "ovo-bench", "task": "EPM", "kind": "multiple_choice",
+     "video": "a.mp4", "duration": 215.0, "question": "...", "question_time": 215.0,
+     "options": ["...", "..."], "answer": "C", "group": null, "group_index": 0, "context": ""}
+
+Its prediction is ``{"id": ..., "answer": "free text"}`` (:func:`validate_qa_reference`,
+:func:`validate_qa_prediction`); ``kind`` is ``multiple_choice`` (``answer`` a letter A, B, ...
+by the position of ``options``) or ``open`` (``answer`` the expected text, ``options`` null).
 """
 
 from __future__ import annotations
@@ -20,12 +34,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from streampro.metrics.streampro_f1.tasks import (
+from streampro.metrics.streampro_f1.schema import (
     INTERVAL_TASKS,
     REFERENCE_FIELDS,
     SEGMENT_TASKS,
     TASKS,
     TIMESTAMP_TASKS,
+    FormatError,
+    GroundTruth,
+    Prediction,
+    Reference,
+    validate_prediction_record,
+    validate_predictions,
+    validate_reference,
 )
 
 __all__ = [
@@ -41,143 +62,130 @@ __all__ = [
     "validate_prediction_record",
     "validate_predictions",
     "validate_reference",
+    "QA_FIELDS",
+    "QA_KINDS",
+    "QAReference",
+    "is_qa_record",
+    "reference_time_problems",
+    "validate_qa_prediction",
+    "validate_qa_reference",
 ]
 
-
-class FormatError(ValueError):
-    """A reference or prediction does not follow the documented format."""
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One response the model emitted: its time (seconds) and text."""
-
-    time: float
-    text: str
+QA_KINDS = ("multiple_choice", "open")
+# The fields of a real-time QA record, in the order the converters write them.
+QA_FIELDS = ("id", "benchmark", "task", "kind", "video", "duration", "question", "question_time", "options",
+             "answer", "group", "group_index", "context")
+_QA_OPTIONAL = ("source", "meta")
 
 
 @dataclass(frozen=True)
-class GroundTruth:
-    """One ground-truth item, in the form the matching needs.
-
-    ``start``/``end`` bound the best response time: an event span for interval tasks, and
-    ``start == end == t*`` otherwise (for TG, t* is the segment end). ``segment`` is the TG
-    ground-truth segment used for IoU, ``None`` for other tasks.
-    """
-
-    text: str
-    start: float
-    end: float
-    segment: tuple[float, float] | None = None
-
-
-@dataclass(frozen=True)
-class Reference:
-    """A validated reference: ground-truth items sorted by t* (span start for interval tasks)."""
+class QAReference:
+    """A validated real-time QA record."""
 
     id: str
+    benchmark: str
     task: str
+    kind: str
     question: str
     question_time: float
-    items: tuple[GroundTruth, ...]
+    duration: float
+    options: tuple[str, ...] | None
+    answer: str
+    group: str | None
+    group_index: int
 
 
-def _time(value, field: str) -> float:
-    """A finite, non-negative number of seconds (bools are not numbers here)."""
-    if type(value) is float and 0 <= value < math.inf:  # the common case, checked fast
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise FormatError(f"field '{field}' must be a number of seconds, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise FormatError(f"field '{field}' must be a finite number >= 0, got {value!r}")
+def is_qa_record(obj) -> bool:
+    """Is this reference line a real-time QA record (rather than a timed-answer sample)?"""
+    return isinstance(obj, dict) and "kind" in obj
+
+
+def _seconds(value, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise FormatError(f"field '{field}' must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _string(obj: dict, field: str, *, empty: bool = False) -> str:
+    value = obj[field]
+    if not isinstance(value, str) or (not empty and not value.strip()):
+        raise FormatError(f"field '{field}' must be a {'' if empty else 'non-empty '}string, got {value!r}")
     return value
 
 
-def _sample_id(value) -> str:
-    # Integer ids are accepted (some annotation sets number their samples) and compared as text.
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        raise FormatError(f"field 'id' must be a non-empty string, got {value!r}")
-    return str(value)
-
-
-def _has(answer: dict, key: str) -> bool:
-    # Arrow (evaluate / datasets) fills a missing struct field with None: treat None as absent.
-    return answer.get(key) is not None
-
-
-def validate_reference(obj) -> Reference:
-    """Check one reference and return it parsed; raise :class:`FormatError` naming the problem."""
+def validate_qa_reference(obj) -> QAReference:
+    """Check one real-time QA record and return it parsed; raise :class:`FormatError` naming the problem."""
     if not isinstance(obj, dict):
-        raise FormatError(f"a reference must be a JSON object, got {type(obj).__name__}")
-    missing = [f for f in REFERENCE_FIELDS if f not in obj]
+        raise FormatError(f"a QA record must be a JSON object, got {type(obj).__name__}")
+    missing = [f for f in QA_FIELDS if f not in obj]
     if missing:
-        raise FormatError(
-            f"reference is missing field(s) {missing}; every reference needs {list(REFERENCE_FIELDS)}"
-        )
-    sample_id = _sample_id(obj["id"])
-    task = obj["task"]
-    if task not in TASKS:
-        raise FormatError(f"unknown task code {task!r}; use one of {list(TASKS)}")
-    if not isinstance(obj["question"], str):
-        raise FormatError(f"field 'question' must be a string, got {obj['question']!r}")
-    question_time = _time(obj["question_time"], "question_time")
-    if not isinstance(obj["video"], str):
-        raise FormatError(f"field 'video' must be a string (a path or name), got {obj['video']!r}")
-    _time(obj["duration"], "duration")
-    answers = obj["answers"]
-    if not isinstance(answers, list) or not answers:
-        raise FormatError("field 'answers' must be a non-empty list of {text, time} or {text, start, end}")
-    items = []
-    for i, answer in enumerate(answers):
-        where = f"answers[{i}]"
-        if not isinstance(answer, dict):
-            raise FormatError(f"{where} must be an object, got {answer!r}")
-        if not isinstance(answer.get("text"), str):
-            raise FormatError(f"{where}.text must be a string, got {answer.get('text')!r}")
-        if task in TIMESTAMP_TASKS:
-            if not _has(answer, "time"):
-                raise FormatError(f"{where} needs 'time' (the best response time t*) for task {task}")
-            t = _time(answer["time"], f"{where}.time")
-            items.append(GroundTruth(answer["text"], t, t))
+        raise FormatError(f"QA record is missing field(s) {missing}; a QA record needs {list(QA_FIELDS)}")
+    unknown = sorted(set(obj) - set(QA_FIELDS) - set(_QA_OPTIONAL))
+    if unknown:
+        raise FormatError(f"QA record has unknown field(s) {unknown}; put source-specific facts under 'meta'")
+    if obj["kind"] not in QA_KINDS:
+        raise FormatError(f"field 'kind' is {obj['kind']!r}; use one of {list(QA_KINDS)}")
+    if isinstance(obj["id"], bool) or not isinstance(obj["id"], (str, int)) or obj["id"] == "":
+        raise FormatError(f"field 'id' must be a non-empty string, got {obj['id']!r}")
+    for field in ("benchmark", "task", "video", "question", "answer"):
+        _string(obj, field)
+    _string(obj, "context", empty=True)
+    duration = _seconds(obj["duration"], "duration")
+    q_time = _seconds(obj["question_time"], "question_time")
+    options = obj["options"]
+    if obj["kind"] == "multiple_choice":
+        if not isinstance(options, list) or not 2 <= len(options) <= 26 or not all(
+                isinstance(o, str) and o.strip() for o in options):
+            raise FormatError(f"field 'options' must be a list of 2-26 non-empty strings, got {options!r}")
+        letters = [chr(65 + i) for i in range(len(options))]
+        if obj["answer"] not in letters:
+            raise FormatError(f"field 'answer' must be one of the option letters {letters}, got {obj['answer']!r}")
+        options = tuple(options)
+    elif options is not None:
+        raise FormatError(f"field 'options' must be null for an open question, got {options!r}")
+    group = obj["group"]
+    if group is not None and (not isinstance(group, str) or not group):
+        raise FormatError(f"field 'group' must be null or a non-empty string, got {group!r}")
+    index = obj["group_index"]
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise FormatError(f"field 'group_index' must be an integer >= 0, got {index!r}")
+    if obj.get("meta") is not None and not isinstance(obj["meta"], dict):
+        raise FormatError("field 'meta' must be an object or null")
+    return QAReference(str(obj["id"]), obj["benchmark"], obj["task"], obj["kind"], obj["question"], q_time,
+                       duration, options, obj["answer"], group, index)
+
+
+def validate_qa_prediction(obj) -> tuple[str, str]:
+    """Check one line of a QA predictions file: ``{"id", "answer"}`` -> ``(id, answer)``."""
+    if not isinstance(obj, dict) or "id" not in obj or "answer" not in obj:
+        raise FormatError(f'a QA prediction must be an object {{"id", "answer"}}, got {obj!r}')
+    if isinstance(obj["id"], bool) or not isinstance(obj["id"], (str, int)) or obj["id"] == "":
+        raise FormatError(f"field 'id' must be a non-empty string, got {obj['id']!r}")
+    if obj["answer"] is not None and not isinstance(obj["answer"], str):
+        raise FormatError(f"field 'answer' must be a string (the model's reply), got {obj['answer']!r}")
+    return str(obj["id"]), obj["answer"] or ""
+
+
+def reference_time_problems(obj: dict) -> list[str]:
+    """The timing errors of one reference (either kind), each naming the field; empty when fine.
+
+    A question after the end of the video; an answer due (t*: ``time``, or a span's end) before
+    the question; an answer ``time`` / span end after the end of the video. Callers add file:line
+    (``streampro score``) or mark the sample invalid (``streampro evaluate``). Assumes the record
+    passed its format check.
+    """
+    problems = []
+    duration, q_time = float(obj["duration"]), float(obj["question_time"])
+    if q_time > duration:
+        problems.append(f"field 'question_time' {q_time:g} s is after the end of the video ({duration:g} s)")
+    for i, ans in enumerate(obj.get("answers") or []):
+        t = ans.get("time") if ans.get("time") is not None else ans.get("end")
+        if t is None:
             continue
-        if not (_has(answer, "start") and _has(answer, "end")):
-            raise FormatError(f"{where} needs 'start' and 'end' (seconds) for task {task}")
-        start = _time(answer["start"], f"{where}.start")
-        end = _time(answer["end"], f"{where}.end")
-        if end < start:
-            raise FormatError(f"{where} has end {end} before start {start}; swap them")
-        if task in SEGMENT_TASKS:
-            items.append(GroundTruth(answer["text"], end, end, (start, end)))
-        else:
-            items.append(GroundTruth(answer["text"], start, end))
-    # Ground-truth items are visited in order of t* (span start); ties keep the file's order.
-    items.sort(key=lambda g: g.start)
-    return Reference(sample_id, task, obj["question"], question_time, tuple(items))
-
-
-def validate_predictions(obj) -> list[Prediction]:
-    """Check one sample's list of ``{time, text}`` and return it sorted by time (stable)."""
-    if not isinstance(obj, list):
-        raise FormatError(f"predictions must be a list of {{time, text}} objects, got {type(obj).__name__}")
-    out = []
-    for i, p in enumerate(obj):
-        if not isinstance(p, dict) or "time" not in p or "text" not in p:
-            raise FormatError(f"predictions[{i}] must be an object with 'time' and 'text', got {p!r}")
-        if not isinstance(p["text"], str):
-            raise FormatError(f"predictions[{i}].text must be a string, got {p['text']!r}")
-        out.append(Prediction(_time(p["time"], f"predictions[{i}].time"), p["text"]))
-    out.sort(key=lambda p: p.time)
-    return out
-
-
-def validate_prediction_record(obj) -> tuple[str, list[Prediction]]:
-    """Check one line of a predictions file: ``{"id", "predictions": [...]}``."""
-    if not isinstance(obj, dict):
-        raise FormatError(f"a prediction record must be a JSON object, got {type(obj).__name__}")
-    for field in ("id", "predictions"):
-        if field not in obj:
-            raise FormatError(
-                f'prediction record is missing field \'{field}\'; write {{"id", "predictions"}}'
-            )
-    return _sample_id(obj["id"]), validate_predictions(obj["predictions"])
+        field = "time" if ans.get("time") is not None else "end"
+        if float(t) < q_time:
+            problems.append(f"field 'answers[{i}].{field}' {float(t):g} s is before the question ({q_time:g} s)")
+        if float(t) > duration:
+            problems.append(f"field 'answers[{i}].{field}' {float(t):g} s is after the end of the video "
+                            f"({duration:g} s)")
+    return problems

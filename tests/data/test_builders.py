@@ -123,7 +123,7 @@ def test_build_writes_loadable_datasets(tmp_path, monkeypatch):
     first = json.loads((tmp_path / "sft" / "test.jsonl").open().readline())
     assert out["sft"][0]["responses"] == first["responses"]
     card = (tmp_path / "sft" / "README.md").read_text()
-    assert card.startswith("---\n") and "config_name: default" in card and "path: test.jsonl" in card
+    assert card.startswith("---\n") and "config_name: default" in card and "path: test-00000-of-00001.parquet" in card
     # A second split in the same folder is added to the card.
     build("bench", raw, tmp_path / "bench", split="validation")
     both = datasets.load_dataset(str(tmp_path / "bench"), cache_dir=str(tmp_path / "cache"))

@@ -242,7 +242,10 @@ def write_bad_bench(root: Path) -> Path:
         {**good, "id": "missing", "video": "nowhere.mp4"},
         {**good, "id": "corrupt", "video": "corrupt.mp4"},
         {**good, "id": "unknown-task", "task": "XX"},
-        {**good, "id": "late-question", "question_time": 60.0},
+        # The clip is shorter than the reference says: the stream ends before the question.
+        {**good, "id": "late-question", "question_time": 50.0, "duration": 60.0,
+         "answers": [{"text": "the square turned blue", "start": 52.0, "end": 53.0}]},
+        {**good, "id": "after-end", "question_time": 60.0},  # a question after the reference's own duration
     ]
     bench.write_text("".join(json.dumps(r) + "\n" for r in [good, *bad]))
     return bench
@@ -254,17 +257,18 @@ def test_bad_inputs_are_recorded_per_sample_and_the_run_goes_on(checkpoint, tmp_
     assert evaluate("--model", checkpoint, "--benchmark", bench, "--video-root", bench.parent, "--out", out, *FAST) == 0
     records = {r["id"]: r for r in lines(out / "predictions.jsonl")}
     assert records["clip-0"]["error"] is None
-    kinds = {i: records[i]["error"]["kind"] for i in ("missing", "corrupt", "unknown-task", "late-question")}
+    kinds = {i: records[i]["error"]["kind"] for i in ("missing", "corrupt", "unknown-task", "late-question", "after-end")}
     assert kinds == {"missing": "missing_video", "corrupt": "video_error", "unknown-task": "invalid_reference",
-                     "late-question": "stream_error"}
+                     "late-question": "stream_error", "after-end": "invalid_reference"}
+    assert "'question_time' 60 s is after the end of the video (5 s)" in records["after-end"]["error"]["message"]
     assert "nowhere.mp4 not found" in records["missing"]["error"]["message"]
     assert "unknown task code 'XX'" in records["unknown-task"]["error"]["message"]
     assert "beyond the stream" in records["late-question"]["error"]["message"]
 
     report = json.loads((out / "report.json").read_text())
     # Errored samples are excluded from the averages and counted, never scored as zeros.
-    assert report["results"]["num_samples"] == 1 and report["results"]["num_errors"] == 4
-    assert report["errors"]["by_kind"] == {"invalid_reference": 1, "missing_video": 1, "stream_error": 1,
+    assert report["results"]["num_samples"] == 1 and report["results"]["num_errors"] == 5
+    assert report["errors"]["by_kind"] == {"invalid_reference": 2, "missing_video": 1, "stream_error": 1,
                                            "video_error": 1}
     assert [s["id"] for s in report["per_sample"]] == ["clip-0"]
     assert report["results"]["w_avg_f1"] == pytest.approx(100 * report["per_sample"][0]["f1"])

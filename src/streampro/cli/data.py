@@ -47,7 +47,8 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="Annotation file.")
     parser.add_argument("--out", required=True, help="Output raw JSONL (appended to; re-running resumes).")
     parser.add_argument("--task", choices=TASKS, default=None,
-                        help="StreamPro task (activitynet-captions: EU/AA/GP; streamo, proactivevideoqa: any).")
+                        help="StreamPro task (activitynet-captions: EU/AA/GP; streamo, proactivevideoqa: any; "
+                             "ovo-bench, streamingbench: fixed per question, docs/data.md).")
     parser.add_argument("--video-root", default=None,
                         help="Folder holding the videos; each must exist there; missing durations are probed.")
     parser.add_argument("--video-ext", default=".mp4",

@@ -5,6 +5,7 @@
     accelerate launch --multi_gpu --num_processes 4 -m streampro.cli evaluate ...   # the same, by hand
     python -m streampro.cli.evaluate ...            # this command alone (same options)
     streampro evaluate --protocol decision-tree --model Qwen2.5-VL-3B/ ...           # offline baseline
+    streampro evaluate --benchmark-suite ovo-bench --references refs/ovo.jsonl --video-root ovo/ --out runs/ovo
 
 Killed at any point, the same command resumes where it stopped (docs/evaluation.md).
 """
@@ -25,18 +26,28 @@ from streampro.metrics.inputs import add_judge_arguments  # stdlib-only module: 
 logger = logging.getLogger(__name__)
 
 PROTOCOL_CHOICES = ("streampro", "decision-tree")  # = protocols.PROTOCOLS (not imported: torch)
+SUITE_CHOICES = ("ovo-bench", "streamingbench", "proactivevideoqa")  # = metrics.official.BENCHMARKS (tested)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path,
                         help="Checkpoint directory (default: the embedded tiny StreamPro model). A plain "
                              "Qwen2.5-VL / Qwen3-VL checkpoint with --protocol decision-tree.")
-    parser.add_argument("--benchmark", required=True, type=Path, help="References JSONL (one sample per line).")
+    parser.add_argument("--benchmark", type=Path,
+                        help="References JSONL (one sample per line), scored with StreamPro-F1. Or --benchmark-suite.")
+    parser.add_argument("--benchmark-suite", choices=SUITE_CHOICES,
+                        help="Run a whole converted benchmark (all its tasks, each in its own protocol: real-time "
+                             "questions answered at their time, proactive samples streamed) and report its official "
+                             "score. Needs --references.")
+    parser.add_argument("--references", nargs="+", type=Path, metavar="FILE_OR_DIR",
+                        help="With --benchmark-suite: the files `streampro data convert NAME` wrote, or folders of "
+                             "them (every *.jsonl inside).")
     parser.add_argument("--video-root", required=True, type=Path, help="Folder the references' 'video' paths are relative to.")
     parser.add_argument("--out", required=True, type=Path, help="Run directory (created; an existing one is resumed).")
     parser.add_argument("--protocol", default="streampro", choices=PROTOCOL_CHOICES,
                         help="streampro: decision tokens; decision-tree: docs/method.md §3 protocol for offline models.")
-    parser.add_argument("--limit", type=int, help="Evaluate only the first N samples of the benchmark.")
+    parser.add_argument("--limit", type=int,
+                        help="Evaluate only the first N samples of the benchmark (of each task with --benchmark-suite).")
     parser.add_argument("--fps", type=float, default=1.0, help="Frames (turns) per second (default 1).")
     parser.add_argument("--window-turns", type=int,
                         help="streampro: turns kept in context (default 200); decision-tree: recent frames "
@@ -56,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot-samples", type=int, default=4,
                         help="Draw timelines for the first N scored samples (default 4).")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    parser.add_argument("--batch-streams", type=int, default=1, metavar="N",
+                        help="Stream N proactive samples together in one batched forward per frame (StreamPro "
+                             "protocol; same results, docs/engine.md); each batch's videos are decoded whole first.")
     add_judge_arguments(parser)  # the same judge flags as `streampro score`
 
 
@@ -70,10 +84,14 @@ def _judge_config(args) -> dict:
 def _check_args(args) -> None:
     """Raise :class:`UserError` for an option out of range (named by its flag)."""
     at_least_one = {"--limit": args.limit, "--window-turns": args.window_turns,
-                    "--max-new-tokens": args.max_new_tokens, "--num-processes": args.num_processes}
+                    "--max-new-tokens": args.max_new_tokens, "--num-processes": args.num_processes,
+                    "--batch-streams": args.batch_streams}
     for flag, value in at_least_one.items():
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: must be >= 1", f"pass a positive {flag}")
+    if args.batch_streams > 1 and args.protocol != "streampro":
+        raise UserError(f"--batch-streams {args.batch_streams} with --protocol {args.protocol}: only the streampro "
+                        "protocol streams samples together", "drop --batch-streams or use --protocol streampro")
     if not (math.isfinite(args.fps) and args.fps > 0):
         raise UserError(f"--fps {args.fps:g}: must be a number > 0", "pass e.g. --fps 1 (one frame per second)")
     if args.response_threshold is not None and not 0 <= args.response_threshold <= 1:
@@ -88,21 +106,54 @@ def _check_args(args) -> None:
     if args.model is None and args.protocol == "decision-tree":
         raise UserError("--protocol decision-tree needs --model",
                         "pass --model DIR, a plain Qwen2.5-VL / Qwen3-VL checkpoint")
+    if (args.benchmark is None) == (args.benchmark_suite is None):
+        raise UserError("pass either --benchmark FILE or --benchmark-suite NAME --references ...",
+                        "--benchmark for StreamPro-F1 references, --benchmark-suite for a converted benchmark")
+    if args.benchmark_suite is not None:
+        if not args.references:
+            raise UserError(f"--benchmark-suite {args.benchmark_suite} needs --references",
+                            f"pass the files `streampro data convert {args.benchmark_suite}` wrote (or their folder)")
+        reference_files(args.references)  # every path exists and holds references
+        return
+    if args.references:
+        raise UserError("--references is for --benchmark-suite", "pass --benchmark FILE alone, or add --benchmark-suite NAME")
     if not args.benchmark.is_file():
         raise UserError(f"--benchmark {args.benchmark}: no such file",
                         "pass a references JSONL (`streampro data build bench` or `streampro data synth` write one)")
 
 
+def reference_files(paths: list[Path]) -> list[Path]:
+    """``--references``: files as given, folders as their ``*.jsonl`` files (sorted)."""
+    files = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(p for p in path.glob("*.jsonl") if p.is_file())
+            if not inside:
+                raise UserError(f"--references {path}: a folder without *.jsonl files",
+                                "pass the folder `streampro data convert` wrote into, or the files themselves")
+            files += inside
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"--references {path}: no such file or folder", "pass converted reference files")
+    return files
+
+
 def build_config(args):
-    from streampro.evaluation.harness import EvalConfig, file_sha256
+    from streampro.evaluation.harness import EvalConfig, file_sha256, files_sha256
     from streampro.evaluation.protocols import default_window
     from streampro.loading import default_model_dir
 
     model = args.model if args.model is not None else default_model_dir()
+    if args.benchmark_suite is not None:
+        files = reference_files(args.references)
+        benchmark, digest = os.pathsep.join(str(f.resolve()) for f in files), files_sha256(files)
+    else:
+        benchmark, digest = str(args.benchmark.resolve()), file_sha256(args.benchmark)
     return EvalConfig(
         model=str(model.resolve()),
-        benchmark=str(args.benchmark.resolve()),
-        benchmark_sha256=file_sha256(args.benchmark),
+        benchmark=benchmark,
+        benchmark_sha256=digest,
         video_root=str(args.video_root.resolve()),
         protocol=args.protocol,
         judge=_judge_config(args),
@@ -113,6 +164,7 @@ def build_config(args):
         response_threshold=args.response_threshold,
         max_pixels=args.max_pixels,
         shuffle_frames=args.shuffle_frames,
+        suite=args.benchmark_suite,
     )
 
 
@@ -124,7 +176,8 @@ def launch_argv(args) -> list[str]:
             "--mixed_precision", "no", "--dynamo_backend", "no",
             "-m", "streampro.cli.evaluate"]
     options = {
-        "--model": args.model, "--benchmark": args.benchmark, "--video-root": args.video_root, "--out": args.out,
+        "--model": args.model, "--benchmark": args.benchmark, "--benchmark-suite": args.benchmark_suite,
+        "--video-root": args.video_root, "--out": args.out,
         "--protocol": args.protocol, "--limit": args.limit, "--fps": args.fps, "--window-turns": args.window_turns,
         "--max-new-tokens": args.max_new_tokens, "--response-threshold": args.response_threshold,
         "--max-pixels": args.max_pixels, "--shuffle-frames": args.shuffle_frames,
@@ -137,6 +190,8 @@ def launch_argv(args) -> list[str]:
     for flag, value in options.items():
         if value is not None:
             argv += [flag, str(value)]
+    if args.references:
+        argv += ["--references", *map(str, args.references)]
     argv += ["--strict"] * args.strict + ["--no-progress"] * args.no_progress
     return argv
 
@@ -146,12 +201,19 @@ def run(args: argparse.Namespace) -> int:
         RunError,
         check_run_config,
         distributed_state,
+        is_qa,
         merge_predictions,
         read_benchmark,
+        read_suite,
         run_shard,
         wait_for_all,
     )
-    from streampro.evaluation.report import format_markdown, write_reports
+    from streampro.evaluation.report import (
+        format_markdown,
+        format_suite_markdown,
+        write_reports,
+        write_suite_reports,
+    )
     from streampro.metrics import JudgeError
     from streampro.metrics.inputs import judge_from_args
 
@@ -163,21 +225,37 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = build_config(args)
         judge = judge_from_args(args)
-        references = read_benchmark(args.benchmark, args.limit)
+        if args.benchmark_suite is not None:
+            references = read_suite(reference_files(args.references), args.benchmark_suite, args.limit)
+        else:
+            references = read_benchmark(args.benchmark, args.limit)
+            qa = [str(r["id"]) for r in references if is_qa(r)]
+            if qa:
+                raise UserError(f"--benchmark {args.benchmark}: {len(qa)} real-time question(s), e.g. {qa[0]!r}, "
+                                "are scored by their benchmark's official rules",
+                                "run them with --benchmark-suite NAME --references FILE")
         check_run_config(args.out, config)
         dist = distributed_state()
-        run_shard(config, references, args.out, dist, strict=args.strict, progress=not args.no_progress)
+        run_shard(config, references, args.out, dist, strict=args.strict, progress=not args.no_progress,
+                  batch_streams=args.batch_streams)
         if dist.rank != 0:
             return 0
         wait_for_all(args.out, references)
         records = merge_predictions(args.out, references)
-        report = write_reports(args.out, records, references, judge, config.to_dict(), strict=args.strict,
-                               num_timelines=args.plot_samples)
+        if args.benchmark_suite is not None:
+            report = write_suite_reports(args.out, args.benchmark_suite, records, references, judge, config.to_dict(),
+                                         num_timelines=args.plot_samples)
+        else:
+            report = write_reports(args.out, records, references, judge, config.to_dict(), strict=args.strict,
+                                   num_timelines=args.plot_samples)
     except UserError:
         raise
     except (RunError, ValueError, FileNotFoundError, JudgeError) as e:  # the benchmark, run folder, model, judge
         raise UserError.from_exception(e, "fix the input named above and run the same command again (it resumes)") from e
-    print(format_markdown(report, config.to_dict()))
+    if args.benchmark_suite is not None:
+        print(format_suite_markdown(report, config.to_dict()))
+    else:
+        print(format_markdown(report, config.to_dict()))
     print(f"report: {args.out / 'report.json'}, {args.out / 'report.md'}; plots: {args.out / 'plots'}")
     return 0
 

@@ -3,8 +3,13 @@
     streampro score --predictions preds.jsonl --references refs.jsonl --judge lexical \\
         --out report.json --plot plots/
 
+    streampro score --benchmark ovo-bench --predictions preds.jsonl --references ovo.jsonl --out report.json
+
 Both files are JSONL (formats in :mod:`streampro.metrics.schema`). Every problem in them is
-reported with its file and line before anything is scored. The LLM judge caches its scores on
+reported with its file and line before anything is scored, timing errors in the references
+included (a question after the end of the video, an answer due before its question or after the
+end). ``--benchmark`` scores a converted benchmark (``streampro data convert``) by its official
+rules (:mod:`streampro.metrics.official`) and prints its own table. The LLM judge caches its scores on
 disk, so an interrupted run resumes where it stopped.
 """
 
@@ -23,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--predictions", required=True, type=Path, help="JSONL: {id, predictions: [{time, text}]}"
     )
     parser.add_argument("--references", required=True, type=Path, help="JSONL: one benchmark sample per line")
+    parser.add_argument("--benchmark", choices=("ovo-bench", "streamingbench", "proactivevideoqa"),
+                        help="Score a converted benchmark by its official rules (predictions: {id, answer} for "
+                             "its questions, {id, predictions} for its proactive samples).")
     add_judge_arguments(parser)
     parser.add_argument(
         "--on-judge-failure",
@@ -102,10 +110,89 @@ def _plot(args, predictions, references, results, judge) -> list[Path]:
     return written
 
 
+def _check_reference_times(path: Path) -> None:
+    """Timing errors of the references (:func:`~streampro.metrics.schema.reference_time_problems`), with file:line."""
+    from streampro.jsonl import iter_jsonl
+    from streampro.metrics.schema import reference_time_problems
+
+    problems = []
+    for lineno, obj in iter_jsonl(path, errors=[]):  # bad lines: the format check lists them with the rest
+        try:
+            found = reference_time_problems(obj)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue  # a malformed line: the format check names it
+        problems += [f"{path}:{lineno}: {p}" for p in found]
+    if len(problems) == 1:
+        raise UserError(problems[0], "fix the reference (times are seconds from the start of the video)")
+    if problems:
+        raise UserError(f"{len(problems)} timing errors in {path} (listed below)",
+                        "fix each reference (times are seconds from the start of the video)",
+                        details=tuple(problems[:30]) + ((f"... and {len(problems) - 30} more",)
+                                                        if len(problems) > 30 else ()))
+
+
+def _run_benchmark(args: argparse.Namespace) -> int:
+    from streampro.jsonl import iter_jsonl
+    from streampro.metrics.inputs import judge_from_args
+    from streampro.metrics.official import score_benchmark
+    from streampro.metrics.schema import (
+        FormatError,
+        is_qa_record,
+        validate_prediction_record,
+        validate_qa_prediction,
+        validate_qa_reference,
+        validate_reference,
+    )
+
+    problems, references, predictions, seen = [], [], [], {}
+    for lineno, obj in iter_jsonl(args.references):
+        try:
+            (validate_qa_reference if is_qa_record(obj) else validate_reference)(obj)
+        except FormatError as e:
+            problems.append(f"{args.references}:{lineno}: {e}")
+            continue
+        references.append(obj)
+    for lineno, obj in iter_jsonl(args.predictions):
+        try:
+            sample_id = (validate_qa_prediction(obj)[0] if isinstance(obj, dict) and "answer" in obj
+                         else validate_prediction_record(obj)[0])
+        except FormatError as e:
+            problems.append(f"{args.predictions}:{lineno}: {e}")
+            continue
+        if sample_id in seen:
+            problems.append(f"{args.predictions}:{lineno}: duplicate id {sample_id!r} (first on line {seen[sample_id]})")
+            continue
+        seen[sample_id] = lineno
+        predictions.append(obj)
+    if problems:
+        raise UserError(problems[0] if len(problems) == 1 else f"{len(problems)} problems in the input files",
+                        "fix the file and run again (formats: docs/data.md, Streaming benchmarks)",
+                        details=tuple(problems[:30]) if len(problems) > 1 else ())
+    if not references:
+        raise UserError(f"{args.references}: no references", f"pass the output of `streampro data convert "
+                        f"{args.benchmark} ...`")
+    try:
+        report = score_benchmark(args.benchmark, predictions, references, judge=judge_from_args(args))
+    except FormatError as e:
+        raise UserError.from_exception(e, "score each benchmark's converted references with its own --benchmark") from e
+    print(report["table"])
+    if args.out:
+        out = {"benchmark": args.benchmark, "results": report["results"], "counts": report["counts"],
+               "streampro_f1": report["streampro_f1"], "predictions": str(args.predictions),
+               "references": str(args.references), "per_sample": report["per_sample"]}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"report: {args.out}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from streampro.metrics import JudgeError, compute_streampro_f1
     from streampro.metrics.inputs import InputError, judge_from_args, load_inputs
 
+    _check_reference_times(args.references)
+    if args.benchmark:
+        return _run_benchmark(args)
     try:
         predictions, references = load_inputs(args.predictions, args.references)
     except InputError as e:

@@ -4,22 +4,30 @@ Files in the run directory (``RUN_DIR``):
 
 - ``run_config.json`` — the arguments that shape the results (and a hash of the benchmark file).
   A run directory holds one evaluation: starting again with different arguments is refused.
-- ``predictions.jsonl`` — one line per finished sample, ``{"id", "predictions": [{time, text}],
-  "events": [{t, d, p}], "error": null | {"kind", "message"}}``, each line flushed and fsynced as
-  soon as the sample finishes. With several processes each rank appends to
-  ``predictions.rank{r}.jsonl``; rank 0 merges them in benchmark order when all are done.
+- ``predictions.jsonl`` — one line per finished sample, each line flushed and fsynced as soon as
+  the sample finishes. A proactive sample (timed answers, StreamPro-F1):
+  ``{"id", "predictions": [{time, text}], "events": [{t, d, p}], "error": null | {"kind", "message"}}``;
+  a real-time question (``kind`` in its reference, :mod:`streampro.evaluation.realtime`):
+  ``{"id", "answer": text, "time", "p", "error"}`` (``answer`` ``null`` when errored). With several
+  processes each rank appends to ``predictions.rank{r}.jsonl``; rank 0 merges them in benchmark
+  order when all are done.
 - ``report.json``, ``report.md``, ``plots/`` — written by :mod:`streampro.evaluation.report`.
 
-Resume: a restarted run reads every predictions file in ``RUN_DIR``, skips the samples already
-there, and cuts a torn last line (a write interrupted by ``kill -9``) before appending. Samples
-are never duplicated: the merge keeps one record per id. Sharding: with ``world`` processes,
-rank r takes benchmark samples i with ``i % world == r``; the result does not depend on
-``world`` (the merge restores benchmark order).
+Work units: a proactive sample is streamed on its own; the real-time questions on one video form
+one unit, answered in one pass over its frames (each answer independent of the others, so a unit
+cut short by a crash is finished later by answering only its missing questions, with the same
+answers). Resume: a restarted run reads every predictions file in ``RUN_DIR``, skips the samples
+already there, and cuts a torn last line (a write interrupted by ``kill -9``) before appending.
+Samples are never duplicated: the merge keeps one record per id. Sharding: with ``world``
+processes, rank r takes units i with ``i % world == r``; the result does not depend on ``world``
+(the merge restores benchmark order).
 
-Bad inputs (a reference that fails validation, e.g. an unknown task; a missing video; a video
-that cannot be decoded; a question after the end of the video) are recorded on the sample's
-line as ``error`` and the run goes on — unless ``strict``, which stops at the first one. Errored
-samples are left out of every average and counted in the report (never scored as zeros).
+Bad inputs (a reference that fails validation, e.g. an unknown task; reference times that cannot
+be right — a question after the video's duration, an answer before its question or after the
+duration; a missing video; a video that cannot be decoded; a question after the end of the
+video's frames) are recorded on the sample's line as ``error`` and the run goes on — unless
+``strict``, which stops at the first one. Errored samples are left out of every average and
+counted in the report (never scored as zeros).
 """
 
 from __future__ import annotations
@@ -75,6 +83,9 @@ class EvalConfig:
     max_pixels: int | None
     # Control run (docs/evaluation.md, "Shuffled-frames control"): frames in a seeded random order.
     shuffle_frames: int | None = None
+    # `--benchmark-suite NAME`: the official scoring of that benchmark (``benchmark`` then lists the
+    # reference files, joined by ``os.pathsep``, and ``limit`` applies per task).
+    suite: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +112,9 @@ def read_benchmark(path: Path, limit: int | None = None) -> list[dict]:
     """
     if not path.is_file():
         raise RunError(f"--benchmark {path}: no such file; pass a references JSONL (`streampro data build bench`)")
+    from streampro.dataset_scripts.manifest import check_complete
+
+    check_complete(path)  # a benchmark from an interrupted `data synth` / `data build` is refused
     refs, seen = [], {}
     for lineno, obj in iter_jsonl(path):  # a line that is not JSON: UserError naming file:line:column
         if not isinstance(obj, dict) or isinstance(obj.get("id"), bool) or not isinstance(obj.get("id"), (str, int)):
@@ -114,6 +128,44 @@ def read_benchmark(path: Path, limit: int | None = None) -> list[dict]:
             break
     if not refs:
         raise RunError(f"{path}: no samples")
+    return refs
+
+
+def files_sha256(paths: list[Path]) -> str:
+    """One digest for a list of files (their digests, in order)."""
+    return hashlib.sha256("".join(file_sha256(p) for p in paths).encode()).hexdigest()
+
+
+def task_key(ref: dict) -> str:
+    """The benchmark task a reference belongs to (per-task ``--limit`` of a suite)."""
+    meta = ref.get("meta") if isinstance(ref.get("meta"), dict) else {}
+    if "kind" in ref:
+        return f"{ref.get('kind')}:{ref.get('task')}"
+    return f"proactive:{meta.get('benchmark_task', ref.get('task'))}"
+
+
+def read_suite(paths: list[Path], benchmark: str, limit_per_task: int | None = None) -> list[dict]:
+    """The references of a benchmark suite, from several converted files, in file order.
+
+    Every record must belong to ``benchmark`` (``benchmark`` of a QA record, ``meta.benchmark`` of a
+    proactive one); ids are unique over all the files. ``limit_per_task`` keeps the first N of each task.
+    """
+    refs, seen, per_task = [], {}, {}
+    for path in paths:
+        for ref in read_benchmark(path):
+            meta = ref.get("meta") if isinstance(ref.get("meta"), dict) else {}
+            owner = ref.get("benchmark") if "kind" in ref else meta.get("benchmark")
+            sample_id = str(ref["id"])
+            if owner != benchmark:
+                raise RunError(f"{path}: sample {sample_id!r} belongs to benchmark {owner!r}, not {benchmark!r}; "
+                               f"pass only files converted with `streampro data convert {benchmark}`")
+            if sample_id in seen:
+                raise RunError(f"{path}: duplicate id {sample_id!r} (also in {seen[sample_id]}); ids must be unique")
+            seen[sample_id] = path
+            key = task_key(ref)
+            per_task[key] = per_task.get(key, 0) + 1
+            if limit_per_task is None or per_task[key] <= limit_per_task:
+                refs.append(ref)
     return refs
 
 
@@ -249,24 +301,68 @@ def shuffle_frames(frames, seed: int) -> list:
     return [(t, pairs[j][1]) for (t, _), j in zip(pairs, order)]
 
 
-def evaluate_sample(protocol, ref: dict, video_root: Path, fps: float, max_pixels: int | None,
-                    shuffle_seed: int | None = None) -> dict:
-    """Stream one reference through ``protocol``; bad input raises :class:`SampleError`."""
-    from streampro.metrics import FormatError, validate_reference
-    from streampro.video import VideoReadError, iter_video_frames
+def is_qa(ref: dict) -> bool:
+    """A real-time question (``kind`` given), not a proactive sample (``streampro.metrics.schema.is_qa_record``)."""
+    from streampro.metrics.schema import is_qa_record
+
+    return is_qa_record(ref)
+
+
+def plan_units(references: list[dict]) -> list[list[dict]]:
+    """Work units in benchmark order: each proactive sample alone, the real-time questions of one video together."""
+    units: list[list[dict]] = []
+    by_video: dict[str, int] = {}
+    for ref in references:
+        video = ref.get("video")
+        if is_qa(ref) and isinstance(video, str):
+            if video in by_video:
+                units[by_video[video]].append(ref)
+                continue
+            by_video[video] = len(units)
+        units.append([ref])
+    return units
+
+
+def check_reference(ref: dict):
+    """Validate one reference of either kind and its times; raise ``invalid_reference``."""
+    from streampro.metrics import FormatError
+    from streampro.metrics.schema import reference_time_problems, validate_qa_reference, validate_reference
 
     try:
-        validate_reference(ref)
+        parsed = validate_qa_reference(ref) if is_qa(ref) else validate_reference(ref)
     except FormatError as e:
         raise SampleError("invalid_reference", str(e)) from None
+    problems = reference_time_problems(ref)
+    if problems:
+        raise SampleError("invalid_reference", "; ".join(problems))
+    return parsed
+
+
+def _video_path(ref: dict, video_root: Path) -> Path:
     video = video_root / ref["video"]
     if not video.is_file():
         raise SampleError("missing_video", f"{video} not found; check --video-root and the reference's 'video'")
+    return video
+
+
+def _frames(video: Path, fps: float, max_pixels: int | None, shuffle_seed: int | None):
+    from streampro.video import iter_video_frames
+
+    frames = iter_video_frames(video, fps, max_pixels=max_pixels)
+    return frames if shuffle_seed is None else shuffle_frames(frames, shuffle_seed)
+
+
+def evaluate_sample(protocol, ref: dict, video_root: Path, fps: float, max_pixels: int | None,
+                    shuffle_seed: int | None = None) -> dict:
+    """Stream one proactive reference through ``protocol``; bad input raises :class:`SampleError`."""
+    from streampro.video import VideoReadError
+
+    check_reference(ref)
+    video = _video_path(ref, video_root)
+    meta = ref.get("meta") if isinstance(ref.get("meta"), dict) else {}
     try:
-        frames = iter_video_frames(video, fps, max_pixels=max_pixels)
-        if shuffle_seed is not None:
-            frames = shuffle_frames(frames, shuffle_seed)
-        out = protocol.run(frames, ref["question"], float(ref["question_time"]))
+        frames = _frames(video, fps, max_pixels, shuffle_seed)
+        out = protocol.run(frames, ref["question"], float(ref["question_time"]), meta.get("user_turns"))
     except VideoReadError as e:
         raise SampleError("video_error", str(e)) from None
     except ValueError as e:  # the engine's input checks, e.g. a question after the end of the video
@@ -274,9 +370,115 @@ def evaluate_sample(protocol, ref: dict, video_root: Path, fps: float, max_pixel
     return {"id": str(ref["id"]), "predictions": out.predictions, "events": out.events, "error": None}
 
 
+def evaluate_samples_batched(protocol, refs: list[dict], video_root: Path, fps: float, max_pixels: int | None,
+                             shuffle_seed: int | None = None) -> list[dict | SampleError]:
+    """:func:`evaluate_sample` for several proactive references at once (``protocol.run_batch``), same records.
+
+    Each video is read whole first, so a bad video or reference fails alone; if the batched engine
+    rejects the batch (e.g. a user turn beyond a stream), the samples run one by one.
+    """
+    from streampro.video import VideoReadError
+
+    results: dict[int, dict | SampleError] = {}
+    batch = []
+    for i, ref in enumerate(refs):
+        try:
+            check_reference(ref)
+            video = _video_path(ref, video_root)
+            frames = list(_frames(video, fps, max_pixels, shuffle_seed))
+            meta = ref.get("meta") if isinstance(ref.get("meta"), dict) else {}
+            batch.append((i, (frames, ref["question"], float(ref["question_time"]), meta.get("user_turns"))))
+        except VideoReadError as e:
+            results[i] = SampleError("video_error", str(e))
+        except SampleError as e:
+            results[i] = e
+    try:
+        outs = protocol.run_batch([sample for _, sample in batch]) if batch else []
+    except ValueError:
+        outs = None
+    for n, (i, sample) in enumerate(batch):
+        ref = refs[i]
+        try:
+            out = outs[n] if outs is not None else protocol.run(*sample)
+        except ValueError as e:
+            results[i] = SampleError("stream_error", f"{video_root / ref['video']}: {e}")
+            continue
+        results[i] = {"id": str(ref["id"]), "predictions": out.predictions, "events": out.events, "error": None}
+    return [results[i] for i in range(len(refs))]
+
+
+def _groups(units: list[list[dict]], batch_streams: int):
+    """Consecutive proactive units in groups of up to ``batch_streams``; a real-time QA unit alone."""
+    group: list[list[dict]] = []
+    for unit in units:
+        if is_qa(unit[0]) or batch_streams <= 1:
+            if group:
+                yield group
+                group = []
+            yield [unit]
+            continue
+        group.append(unit)
+        if len(group) == batch_streams:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def evaluate_questions(protocol, refs: list[dict], video_root: Path, fps: float, max_pixels: int | None,
+                       shuffle_seed: int | None = None) -> list[dict | SampleError]:
+    """Answer the real-time questions on one video in one pass: a record or a :class:`SampleError` per question."""
+    from streampro.evaluation.protocols import beyond_stream_message
+    from streampro.evaluation.realtime import question_prompt
+    from streampro.video import VideoReadError
+
+    results: dict[int, dict | SampleError] = {}
+    valid = []
+    for i, ref in enumerate(refs):
+        try:
+            check_reference(ref)
+            valid.append(i)
+        except SampleError as e:
+            results[i] = e
+    if valid:
+        try:
+            video = _video_path(refs[valid[0]], video_root)
+            questions = [(float(refs[i]["question_time"]), question_prompt(refs[i])) for i in valid]
+            try:
+                out = protocol.answer_at(_frames(video, fps, max_pixels, shuffle_seed), questions)
+            except VideoReadError as e:
+                raise SampleError("video_error", str(e)) from None
+            except ValueError as e:
+                raise SampleError("stream_error", f"{video}: {e}") from None
+        except SampleError as e:
+            results.update({i: e for i in valid})
+        else:
+            for i, answer in zip(valid, out.answers):
+                if answer is None:
+                    results[i] = SampleError("stream_error", f"{video}: " + beyond_stream_message(
+                        float(refs[i]["question_time"]), out.frames, fps))
+                else:
+                    results[i] = {"id": str(refs[i]["id"]), "answer": answer["text"], "time": answer["time"],
+                                  "p": answer["p"], "error": None}
+    return [results[i] for i in range(len(refs))]
+
+
+def evaluate_unit(protocol, refs: list[dict], video_root: Path, fps: float, max_pixels: int | None,
+                  shuffle_seed: int | None = None) -> list[dict | SampleError]:
+    """One work unit (:func:`plan_units`): a record or a :class:`SampleError` per reference, in order."""
+    if is_qa(refs[0]):
+        return evaluate_questions(protocol, refs, video_root, fps, max_pixels, shuffle_seed)
+    try:
+        return [evaluate_sample(protocol, refs[0], video_root, fps, max_pixels, shuffle_seed)]
+    except SampleError as e:
+        return [e]
+
+
 def error_record(ref: dict, error: SampleError) -> dict:
-    return {"id": str(ref["id"]), "predictions": [], "events": [],
-            "error": {"kind": error.kind, "message": error.message}}
+    err = {"kind": error.kind, "message": error.message}
+    if is_qa(ref):
+        return {"id": str(ref["id"]), "answer": None, "time": None, "p": None, "error": err}
+    return {"id": str(ref["id"]), "predictions": [], "events": [], "error": err}
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,19 +513,25 @@ def distributed_state() -> Distributed:
 
 
 def run_shard(config: EvalConfig, references: list[dict], out_dir: Path, dist: Distributed, *,
-              strict: bool = False, progress: bool = True) -> int:
-    """Evaluate this rank's unfinished samples; return how many it evaluated now."""
+              strict: bool = False, progress: bool = True, batch_streams: int = 1) -> int:
+    """Evaluate this rank's unfinished samples; return how many it evaluated now.
+
+    ``batch_streams`` > 1 streams that many proactive samples together (``protocol.run_batch``, the
+    StreamPro protocol only); the records are those of one-by-one streaming.
+    """
     from tqdm import tqdm
 
     from streampro.evaluation.protocols import build_protocol
 
     own = out_dir / (PREDICTIONS_FILE if dist.world == 1 else f"predictions.rank{dist.rank}.jsonl")
     finished = done_ids(out_dir, own_file=own)
-    mine = [ref for i, ref in enumerate(references) if i % dist.world == dist.rank]
-    todo = [ref for ref in mine if str(ref["id"]) not in finished]
+    mine = [unit for i, unit in enumerate(plan_units(references)) if i % dist.world == dist.rank]
+    # A unit cut short by a crash: only its missing questions are answered (the answers do not depend on the others).
+    units = [todo for unit in mine if (todo := [ref for ref in unit if str(ref["id"]) not in finished])]
+    total, todo = sum(map(len, mine)), sum(map(len, units))
     logger.info("rank %d/%d: %d sample(s), %d already done, %d to evaluate",
-                dist.rank, dist.world, len(mine), len(mine) - len(todo), len(todo))
-    if not todo:
+                dist.rank, dist.world, total, total - todo, todo)
+    if not units:
         return 0
     protocol = build_protocol(
         config.protocol, config.model, device=dist.device, fps=config.fps, window_turns=config.window_turns,
@@ -331,27 +539,35 @@ def run_shard(config: EvalConfig, references: list[dict], out_dir: Path, dist: D
     )
     video_root = Path(config.video_root)
     writer = RecordWriter(own)
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="sample", position=dist.rank,
+    bar = tqdm(total=total, initial=total - todo, unit="sample", position=dist.rank,
                desc=f"evaluate[{dist.rank}]" if dist.world > 1 else "evaluate", disable=not progress)
     errors = 0
     try:
-        for ref in todo:
-            try:
-                record = evaluate_sample(protocol, ref, video_root, config.fps, config.max_pixels,
-                                         config.shuffle_frames)
-            except SampleError as e:
-                if strict:
-                    raise RunError(f"sample {ref['id']!r}: {e} (--strict stops at the first bad sample)") from None
-                logger.warning("sample %r: %s", ref["id"], e)
-                record = error_record(ref, e)
-                errors += 1
-            writer.write(record)
-            bar.update(1)
+        if batch_streams > 1 and config.protocol != "streampro":
+            raise RunError(f"batch_streams={batch_streams} needs the streampro protocol, not {config.protocol!r}")
+        for group in _groups(units, batch_streams):
+            if len(group) > 1:
+                unit = [u[0] for u in group]
+                results = evaluate_samples_batched(protocol, unit, video_root, config.fps, config.max_pixels,
+                                                   config.shuffle_frames)
+            else:
+                unit = group[0]
+                results = evaluate_unit(protocol, unit, video_root, config.fps, config.max_pixels,
+                                        config.shuffle_frames)
+            for ref, result in zip(unit, results):
+                if isinstance(result, SampleError):
+                    if strict:
+                        raise RunError(f"sample {ref['id']!r}: {result} (--strict stops at the first bad sample)")
+                    logger.warning("sample %r: %s", ref["id"], result)
+                    result = error_record(ref, result)
+                    errors += 1
+                writer.write(result)
+                bar.update(1)
             bar.set_postfix(errors=errors, refresh=False)
     finally:
         bar.close()
         writer.close()
-    return len(todo)
+    return todo
 
 
 def wait_for_all(out_dir: Path, references: list[dict], poll: float = MERGE_POLL_SECONDS) -> None:

@@ -24,6 +24,17 @@ Decisions of the decision-tree protocol (documented in docs/evaluation.md):
 - The answer is greedy ``generate`` up to ``max_new_tokens``, stopped at ``<|im_end|>``, decoded
   without special tokens and stripped; an empty answer, or one equal to the previous emitted
   answer, is not emitted.
+
+Real-time question answering (``protocol.answer_at(frames, questions) -> QAOutput``): each question
+is asked at its own time about the stream so far and answered at that moment; all the questions on
+one video are answered in one pass over its frames, and each answer sees none of the others.
+
+- StreamPro: the question enters the user turn of the frame at its time and the answer is decoded
+  on that turn, the response decision forced (:class:`QASession`); the stream then goes on from
+  the state before the question, as if it had not been asked. The stream itself stays silent
+  (no question is ever asked on it).
+- Decision tree: at the question's frame the model answers from the most recent ``window_frames``
+  frames with the question as the whole instruction (no yes/no step: the answer is due now).
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from streampro.modeling_streampro.modeling_streampro import StreamEvent, StreamSession
 from streampro.modeling_streampro.time_streampro import time_tag, turn_index_for_time, turn_time
 
 logger = logging.getLogger(__name__)
@@ -67,6 +79,51 @@ class SampleOutput:
     events: list[dict] = field(default_factory=list)  # one per frame: {"t", "d", "p"}
 
 
+@dataclass
+class QAOutput:
+    """Real-time answers, one per question in the order given: ``{"time", "text", "p"}``.
+
+    ``time`` is the turn time the answer was decoded at (the question's turn), ``p`` the model's
+    own ``p_response`` there (StreamPro; ``None`` for the decision tree); ``None`` instead of a dict
+    for a question whose turn the stream never reached (:func:`beyond_stream_message`). ``frames``
+    counts the frames read from the stream (one pass: never more than the last question's turn + 1).
+    """
+
+    answers: list[dict] = field(default_factory=list)
+    frames: int = 0
+
+
+def _question_turns(questions, fps: float) -> dict[int, list[int]]:
+    """Question positions by the turn they are asked on."""
+    if not questions:
+        raise ValueError("no questions to answer")
+    at: dict[int, list[int]] = {}
+    for i, (t, text) in enumerate(questions):
+        if not str(text).strip():
+            raise ValueError(f"question {i} has an empty text")
+        at.setdefault(turn_index_for_time(float(t), fps), []).append(i)
+    return at
+
+
+def beyond_stream_message(question_time: float, frames: int, fps: float) -> str:
+    return (f"question time {question_time} s is beyond the stream ({frames} frames, "
+            f"{turn_time(frames - 1, fps):g} s at {fps} fps)")
+
+
+def timed_user_text(question: str, question_time: float, user_turns: list[dict], fps: float) -> list[tuple[float, str]]:
+    """The question and the later user turns as ``(time, text)``, one entry per turn, in time order.
+
+    Texts falling on one turn are joined with newlines in their order (the question first), so
+    that the engine's time sort cannot reorder them.
+    """
+    items = [(float(question_time), question)] + sorted(((float(u["time"]), str(u["content"])) for u in user_turns),
+                                                        key=lambda x: x[0])
+    by_turn: dict[int, tuple[float, list[str]]] = {}
+    for t, text in items:
+        by_turn.setdefault(turn_index_for_time(t, fps), (t, []))[1].append(text)
+    return [(t, "\n".join(texts)) for _, (t, texts) in sorted(by_turn.items())]
+
+
 def _event(time: float, decision: str, p: float | None) -> dict:
     # p rounded so that the file stays small; it is never scored.
     return {"t": time, "d": decision, "p": None if p is None else round(float(p), 6)}
@@ -82,6 +139,38 @@ def _split_frame(frame, k: int, fps: float):
     return frame
 
 
+class QASession(StreamSession):
+    """The engine's ``StreamSession`` with one addition, :meth:`answer_now`; nothing is overridden.
+
+    ``answer_now`` answers a question on the current frame and then puts the session back where
+    it was, so that one pass over a stream answers many questions, each as if it were the only
+    one. The rollback keeps what a step changes: the turn list, the tokens pending for the cache,
+    the next M-RoPE position and the cache, cut back to its length (``DynamicCache.crop``; when
+    the step made room by dropping turns it rebuilt the cache as a new object, and the old one,
+    untouched, is kept). Only the window memory is supported (round-decay pools kept turns in place).
+    """
+
+    def answer_now(self, frame, question: str) -> StreamEvent:
+        """Ask ``question`` on this frame's turn, decode the answer there (decision forced to respond), roll back."""
+        if self.memory != "window":
+            raise ValueError("real-time answers need memory='window'")
+        saved = (list(self.turns), list(self.pending_ids), self.next_position, self.cache,
+                 self.cache.get_seq_length(), self.dropped_turns, self.num_refreshes, self._question,
+                 self.asked, self.response_threshold)
+        try:
+            self._question, self.asked = None, False
+            self.ask(question)
+            self.response_threshold = 0.0  # p_response >= 0 always: the engine's own rule forces </Response>
+            return self.step(frame)
+        finally:
+            (self.turns, self.pending_ids, self.next_position, cache, length, self.dropped_turns,
+             self.num_refreshes, self._question, self.asked, self.response_threshold) = saved
+            extra = cache.get_seq_length() - length
+            if extra > 0:  # transformers 5's crop takes the number of tokens to remove, negated
+                cache.crop(-extra)
+            self.cache = cache
+
+
 class StreamProProtocol:
     """A StreamPro checkpoint streamed with its decision tokens (``model.generate_stream``)."""
 
@@ -93,10 +182,16 @@ class StreamProProtocol:
         self.fps, self.window_turns = fps, window_turns
         self.max_new_tokens, self.response_threshold = max_new_tokens, response_threshold
 
-    def run(self, frames, question: str, question_time: float) -> SampleOutput:
+    def run(self, frames, question: str, question_time: float, user_turns: list[dict] | None = None) -> SampleOutput:
+        """Stream ``frames`` with ``question`` asked at ``question_time``.
+
+        ``user_turns`` (``[{"time", "content"}]``, e.g. ProactiveVideoQA's subtitles) enter the
+        stream as further user text at their own turns (``generate_stream``'s timed questions).
+        """
         out = SampleOutput()
         stream = self.model.generate_stream(
-            frames, question, processor=self.processor, question_time=question_time, fps=self.fps,
+            frames, timed_user_text(question, question_time, user_turns, self.fps) if user_turns else question,
+            processor=self.processor, question_time=question_time, fps=self.fps,
             window_turns=self.window_turns, max_new_tokens=self.max_new_tokens,
             response_threshold=self.response_threshold,
         )
@@ -105,6 +200,51 @@ class StreamProProtocol:
             out.events.append(_event(ev.time, decision, ev.p_response))
             if ev.decision == "response":
                 out.predictions.append({"time": ev.time, "text": ev.text})
+        return out
+
+    def run_batch(self, samples: list[tuple]) -> list[SampleOutput]:
+        """``run`` over several ``(frames, question, question_time, user_turns)`` in one batched engine.
+
+        ``model.generate_streams`` steps the streams together (docs/engine.md, "Batched sessions");
+        the outputs are ``run``'s on each sample (decisions and texts exactly, ``p`` to float32 rounding).
+        """
+        streams = self.model.generate_streams(
+            [frames for frames, _, _, _ in samples],
+            [timed_user_text(q, t, u, self.fps) if u else q for _, q, t, u in samples],
+            processor=self.processor, question_times=[t for _, _, t, _ in samples], fps=self.fps,
+            window_turns=self.window_turns, max_new_tokens=self.max_new_tokens,
+            response_threshold=self.response_threshold,
+        )
+        outs = []
+        for events in streams:
+            out = SampleOutput()
+            for ev in events:
+                decision = ev.decision if ev.p_response is not None else "before_question"
+                out.events.append(_event(ev.time, decision, ev.p_response))
+                if ev.decision == "response":
+                    out.predictions.append({"time": ev.time, "text": ev.text})
+            outs.append(out)
+        return outs
+
+    def answer_at(self, frames, questions: list[tuple[float, str]]) -> QAOutput:
+        """Answer each ``(time, text)`` question at its turn, in one pass (module docstring)."""
+        at = _question_turns(questions, self.fps)
+        last = max(at)
+        session = QASession(self.model, self.processor, fps=self.fps, window_turns=self.window_turns,
+                            max_new_tokens=self.max_new_tokens)
+        out = QAOutput(answers=[None] * len(questions))
+        k = -1
+        with torch.no_grad():
+            for k, frame in enumerate(frames):
+                out.frames += 1
+                for i in at.get(k, []):
+                    ev = session.answer_now(frame, questions[i][1])
+                    out.answers[i] = {"time": ev.time, "text": ev.text, "p": round(float(ev.p_response), 6)}
+                if k == last:
+                    break
+                session.step(frame)  # silent: no question is ever asked on the stream itself
+        if k < 0:
+            raise ValueError("no frames: the stream is empty")
         return out
 
 
@@ -227,14 +367,41 @@ class DecisionTreeProtocol:
 
     @torch.no_grad()
     def answer(self, window, question: str) -> str:
-        inputs = self._inputs(window, ANSWER_PROMPT.format(question=question))
+        return self.reply(window, ANSWER_PROMPT.format(question=question))
+
+    @torch.no_grad()
+    def reply(self, window, instruction: str) -> str:
+        """Greedy answer to ``instruction`` after the frames of ``window``."""
+        inputs = self._inputs(window, instruction)
         seq = self._generate(inputs, self.max_new_tokens)
         new = seq[0, inputs["input_ids"].shape[1]:]
         return self.processor.tokenizer.decode(new, skip_special_tokens=True).strip()
 
-    def run(self, frames, question: str, question_time: float) -> SampleOutput:
+    def answer_at(self, frames, questions: list[tuple[float, str]]) -> QAOutput:
+        """Answer each ``(time, text)`` question from the frames so far (windowed), in one pass."""
+        at = _question_turns(questions, self.fps)
+        last = max(at)
+        window = deque(maxlen=self.window_frames)  # (turn index, image)
+        out = QAOutput(answers=[None] * len(questions))
+        k = -1
+        for k, frame in enumerate(frames):
+            out.frames += 1
+            window.append((k, _split_frame(frame, k, self.fps)))
+            for i in at.get(k, []):
+                text = self.reply(list(window), questions[i][1])
+                out.answers[i] = {"time": turn_time(k, self.fps), "text": text, "p": None}
+            if k == last:
+                break
+        if k < 0:
+            raise ValueError("no frames: the stream is empty")
+        return out
+
+    def run(self, frames, question: str, question_time: float, user_turns: list[dict] | None = None) -> SampleOutput:
+        """The decision tree over ``frames``; ``user_turns`` heard so far are quoted before the question."""
         out = SampleOutput()
         q_turn = turn_index_for_time(question_time, self.fps)
+        heard = sorted(((turn_index_for_time(float(u["time"]), self.fps), u["content"]) for u in user_turns or []),
+                       key=lambda x: x[0])
         window = deque(maxlen=self.window_frames)  # (turn index, image)
         previous: str | None = None
         k = -1
@@ -244,12 +411,17 @@ class DecisionTreeProtocol:
             if k < q_turn:
                 out.events.append(_event(t, "before_question", None))
                 continue
-            p = self.p_yes(list(window), question)
+            said = [text for turn, text in heard if turn <= k]
+            if said:  # the user turns so far, then the question
+                question_now = "\n".join(said) + "\n" + question
+            else:
+                question_now = question
+            p = self.p_yes(list(window), question_now)
             sufficient = p >= self.response_threshold if self.response_threshold is not None else p > 0.5
             if not sufficient:
                 out.events.append(_event(t, "wait", p))
                 continue
-            text = self.answer(list(window), question)
+            text = self.answer(list(window), question_now)
             if not text or text == previous:
                 out.events.append(_event(t, "same_answer" if text else "empty_answer", p))
                 continue

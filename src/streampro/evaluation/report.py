@@ -1,7 +1,9 @@
 """Scoring a finished run and writing ``report.json``, ``report.md`` and ``plots/``.
 
 Scoring is the metric package's own :func:`streampro.metrics.compute_streampro_f1` over the
-samples that ran; samples with an ``error`` are excluded from every average and listed (with
+samples that ran — or, for a benchmark suite (``--benchmark-suite``), the benchmark's official
+scoring (``streampro.metrics.official.score_benchmark``: its own table, plus StreamPro-F1 on its
+proactive samples); samples with an ``error`` are excluded from every average and listed (with
 their reason) under ``errors`` — they are never scored as zeros. ``report.json`` depends only on
 the predictions and the references, so a resumed or sharded run gives the same file as a plain one.
 """
@@ -10,22 +12,41 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 
+def _errors(records: list[dict], references: list[dict]) -> list[dict]:
+    return [{"id": str(ref["id"]), "task": ref.get("task"), **record["error"]}
+            for record, ref in zip(records, references) if record["error"] is not None]
+
+
+def _error_summary(errors: list[dict]) -> dict:
+    return {"count": len(errors), "by_kind": dict(sorted(Counter(e["kind"] for e in errors).items())),
+            "samples": errors}
+
+
+def _errors_markdown(report: dict) -> list[str]:
+    if not report["errors"]["count"]:
+        return []
+    lines = ["", "## Errors", "", "| id | task | kind | message |", "|---|---|---|---|"]
+    for e in report["errors"]["samples"]:
+        message = str(e["message"]).replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {e['id']} | {e['task']} | {e['kind']} | {message} |")
+    return lines
+
+
 def score_run(records: list[dict], references: list[dict], judge, *, strict: bool = False) -> dict:
     """The report dict: metric results, per-sample scores and the errored samples."""
     from streampro.metrics import compute_streampro_f1
 
-    errors = []
+    errors = _errors(records, references)
     preds, refs = [], []
     for record, ref in zip(records, references):
-        if record["error"] is not None:
-            errors.append({"id": str(ref["id"]), "task": ref.get("task"), **record["error"]})
-        else:
+        if record["error"] is None:
             preds.append(record["predictions"])
             refs.append(ref)
     if refs:
@@ -38,8 +59,7 @@ def score_run(records: list[dict], references: list[dict], judge, *, strict: boo
     results["num_errors"] = len(errors)
     return {
         "results": results,
-        "errors": {"count": len(errors), "by_kind": dict(sorted(Counter(e["kind"] for e in errors).items())),
-                   "samples": errors},
+        "errors": _error_summary(errors),
         "num_benchmark_samples": len(references),
         "judge": judge.describe(),
         "per_sample": per_sample,
@@ -81,11 +101,7 @@ def format_markdown(report: dict, config: dict) -> str:
             f"TG parse failures: {results['parse_failures']}."
         ),
     ]
-    if report["errors"]["count"]:
-        lines += ["", "## Errors", "", "| id | task | kind | message |", "|---|---|---|---|"]
-        for e in report["errors"]["samples"]:
-            message = str(e["message"]).replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {e['id']} | {e['task']} | {e['kind']} | {message} |")
+    lines += _errors_markdown(report)
     return "\n".join(lines) + "\n"
 
 
@@ -125,13 +141,22 @@ def plot_p_response(ref, events: list[dict], predictions, path: Path) -> Path:
 def write_plots(report: dict, records: list[dict], references: list[dict], judge, plot_dir: Path,
                 num_timelines: int) -> list[Path]:
     """Per-task F1 bars and, for the first ``num_timelines`` scored samples, two timelines each."""
-    from streampro.metrics import JudgeError, streampro_f1_sample, validate_predictions, validate_reference
-    from streampro.metrics.plots import plot_task_f1, plot_timeline
+    from streampro.metrics.plots import plot_task_f1
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     written = []
     if report["results"]["num_samples"]:
         written.append(plot_task_f1(report["results"], plot_dir / "task_f1.png"))
+    return written + write_timelines(records, references, judge, plot_dir, num_timelines)
+
+
+def write_timelines(records: list[dict], references: list[dict], judge, plot_dir: Path,
+                    num_timelines: int) -> list[Path]:
+    """For the first ``num_timelines`` scored proactive samples, a timeline and a p_response plot each."""
+    from streampro.metrics import JudgeError, streampro_f1_sample, validate_predictions, validate_reference
+    from streampro.metrics.plots import plot_timeline
+
+    written = []
     shown = 0
     for record, ref_obj in zip(records, references):
         if shown >= num_timelines:
@@ -159,4 +184,110 @@ def write_reports(out_dir: Path, records: list[dict], references: list[dict], ju
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out_dir / "report.md").write_text(format_markdown(report, config), encoding="utf-8")
     write_plots(report, records, references, judge, out_dir / "plots", num_timelines)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmark suites (`streampro evaluate --benchmark-suite NAME`)
+# --------------------------------------------------------------------------------------------
+
+
+def _for_scorer(record: dict) -> dict:
+    """The part of a run record the official scorer reads: ``{id, answer}`` or ``{id, predictions}``."""
+    if "answer" in record:
+        return {"id": record["id"], "answer": record["answer"]}
+    return {"id": record["id"], "predictions": record["predictions"]}
+
+
+def score_suite(benchmark: str, records: list[dict], references: list[dict], judge) -> dict:
+    """The suite's report dict: the official scoring of the samples that ran, and the errored ones."""
+    from streampro.metrics.official import score_benchmark
+
+    errors = _errors(records, references)
+    ran = [(record, ref) for record, ref in zip(records, references) if record["error"] is None]
+    official = None
+    if ran:
+        official = score_benchmark(benchmark, [_for_scorer(record) for record, _ in ran], [ref for _, ref in ran],
+                                   judge=judge)
+    return {
+        "benchmark": benchmark,
+        "official": official,  # None when no sample could be scored (no zeros)
+        "errors": _error_summary(errors),
+        "num_benchmark_samples": len(references),
+        "num_scored_samples": len(ran),
+        "judge": judge.describe(),
+    }
+
+
+def format_suite_markdown(report: dict, config: dict) -> str:
+    """The benchmark's official table (its task names as columns), StreamPro-F1 where it applies, the errors."""
+    from streampro.metrics import TASKS
+
+    official = report["official"]
+    lines = [
+        f"# {report['benchmark']} evaluation",
+        "",
+        f"- model: `{config['model']}`",
+        f"- references: {', '.join(f'`{p}`' for p in config['benchmark'].split(os.pathsep))} "
+        f"({report['num_benchmark_samples']} samples)",
+        f"- protocol: {config['protocol']}, judge: {report['judge'].get('name')}, fps: {config['fps']:g}",
+        "",
+    ]
+    if official is None:
+        lines.append("**No sample could be scored** (see the errors below).")
+    else:
+        lines += ["## Official score", "", "```", official["table"].rstrip("\n"), "```", ""]
+        f1 = official.get("streampro_f1")
+        if f1 and f1.get("num_samples"):
+            tasks = [t for t in TASKS if f"{t}_f1" in f1]
+            lines += ["## StreamPro-F1 (proactive samples)", "",
+                      "| " + " | ".join(tasks + ["Avg", "W-Avg"]) + " |", "|" + "---:|" * (len(tasks) + 2),
+                      "| " + " | ".join(f"{f1[k]:.1f}" for k in [f"{t}_f1" for t in tasks] + ["avg_f1", "w_avg_f1"])
+                      + " |", ""]
+    lines.append(f"Samples scored: {report['num_scored_samples']}; errored (excluded from the scores): "
+                 f"{report['errors']['count']}.")
+    lines += _errors_markdown(report)
+    return "\n".join(lines) + "\n"
+
+
+def plot_official(results: dict, tasks: list[str], benchmark: str, path: Path) -> Path:
+    """Bar chart of the official score per task, then the benchmark's averages."""
+    from streampro.metrics.plots import _pyplot
+
+    plt = _pyplot()
+    labels = [t for t in tasks if t in results] + [k for k in results if k not in tasks]
+    values = [float(results[k]) for k in labels]
+    colors = ["tab:blue" if k in tasks else "tab:green" for k in labels]
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(labels) + 1), 3.5))
+    bars = ax.bar(labels, values, color=colors)
+    ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_ylabel("score (×100)")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"{benchmark}: official score per task")
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_suite_reports(out_dir: Path, benchmark: str, records: list[dict], references: list[dict], judge,
+                        config: dict, *, num_timelines: int = 4) -> dict:
+    """Score a suite run and write ``report.json``, ``report.md`` and ``plots/``; return the report."""
+    from streampro.metrics.plots import plot_task_f1
+
+    report = {"config": config, **score_suite(benchmark, records, references, judge)}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out_dir / "report.md").write_text(format_suite_markdown(report, config), encoding="utf-8")
+    plot_dir = out_dir / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    official = report["official"]
+    if official is not None:
+        numeric = {k: v for k, v in official["results"].items() if isinstance(v, (int, float))}
+        plot_official(numeric, list(official["counts"]), benchmark, plot_dir / "official.png")
+        f1 = official.get("streampro_f1")
+        if f1 and f1.get("num_samples"):
+            plot_task_f1(f1, plot_dir / "task_f1.png")
+    proactive = [(rec, ref) for rec, ref in zip(records, references) if "predictions" in rec]
+    write_timelines([r for r, _ in proactive], [r for _, r in proactive], judge, plot_dir, num_timelines)
     return report
