@@ -21,11 +21,18 @@ Validation errors name the file, line and field (:class:`RawFormatError`).
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 # The task vocabulary lives in the metric (docs/method.md §2); re-exported for the data scripts.
-from streampro.metrics.schema import INTERVAL_TASKS, REFERENCE_FIELDS, SEGMENT_TASKS, TASKS, TIMESTAMP_TASKS  # noqa: F401
+from streampro.metrics.schema import (  # noqa: F401
+    INTERVAL_TASKS,
+    REFERENCE_FIELDS,
+    SEGMENT_TASKS,
+    TASKS,
+    TIMESTAMP_TASKS,
+    FormatError,
+    seconds,
+)
 
 from streampro.jsonl import iter_jsonl
 
@@ -43,12 +50,10 @@ def format_segment(start: float, end: float) -> str:
 
 
 def _number(value, field: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RawFormatError(f"{where}: field '{field}' must be a number of seconds, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise RawFormatError(f"{where}: field '{field}' must be a finite number >= 0, got {value!r}")
-    return value
+    try:
+        return seconds(value, field)
+    except FormatError as e:
+        raise RawFormatError(f"{where}: {e}") from e
 
 
 def answer_time(task: str, answer: dict) -> float:

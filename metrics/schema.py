@@ -3,19 +3,8 @@
 The code is ``metrics/streampro_f1/schema.py`` (part of the self-contained ``evaluate`` module),
 re-exported here.
 
-A **reference** is one benchmark sample::
-
-    {"id": "v1_q0", "task": "EU", "question": "...", "question_time": 3.0,
-     "video": "v1.mp4", "duration": 120.0,
-     "answers": [{"text": "...", "start": 10.0, "end": 14.0}, ...]}
-
-Each answer carries ``"time"`` (the best response time t* of docs/method.md §2: for GP the previous
-step's completion, for RF the warning time) for OU / AA / GP / RF, or ``"start"`` and ``"end"``
-for EU / TP (the event span) and TG (the ground-truth segment, whose end is t*).
-
-A **prediction** is ``{"id": ..., "predictions": [{"time": 12.0, "text": "..."}, ...]}``; the
-metric functions take just the inner list. Validation errors say which field is wrong and how to
-fix it; callers prefix the location (file and line).
+The reference and prediction formats are documented there (a reference is one benchmark sample
+with timed ``answers``; a prediction is ``{"id", "predictions": [{"time", "text"}, ...]}``).
 
 A **real-time QA record** (OVO-Bench, StreamingBench; docs/data.md "Streaming benchmarks") is a
 question asked at ``question_time`` about the stream so far, told apart by its ``kind``::
@@ -31,7 +20,6 @@ by the position of ``options``) or ``open`` (``answer`` the expected text, ``opt
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from streampro.metrics.streampro_f1.schema import (
@@ -44,6 +32,7 @@ from streampro.metrics.streampro_f1.schema import (
     GroundTruth,
     Prediction,
     Reference,
+    seconds,
     validate_prediction_record,
     validate_predictions,
     validate_reference,
@@ -100,12 +89,6 @@ def is_qa_record(obj) -> bool:
     return isinstance(obj, dict) and "kind" in obj
 
 
-def _seconds(value, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise FormatError(f"field '{field}' must be a finite number of seconds >= 0, got {value!r}")
-    return float(value)
-
-
 def _string(obj: dict, field: str, *, empty: bool = False) -> str:
     value = obj[field]
     if not isinstance(value, str) or (not empty and not value.strip()):
@@ -130,8 +113,8 @@ def validate_qa_reference(obj) -> QAReference:
     for field in ("benchmark", "task", "video", "question", "answer"):
         _string(obj, field)
     _string(obj, "context", empty=True)
-    duration = _seconds(obj["duration"], "duration")
-    q_time = _seconds(obj["question_time"], "question_time")
+    duration = seconds(obj["duration"], "duration")
+    q_time = seconds(obj["question_time"], "question_time")
     options = obj["options"]
     if obj["kind"] == "multiple_choice":
         if not isinstance(options, list) or not 2 <= len(options) <= 26 or not all(

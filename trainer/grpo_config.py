@@ -119,6 +119,13 @@ class StreamProGRPOConfig(GRPOConfig):
             "help": "Sample rollouts at `temperature` (GRPO). False = greedy rollouts (debugging, tests)."
         },
     )
+    batch_rollouts: bool = field(
+        default=True,
+        metadata={
+            "help": "Step the G rollouts of a group together, one forward per frame (needs the sdpa or eager "
+            "attention kernel; otherwise they run one by one). False = one by one; same rollouts for one seed."
+        },
+    )
     frames_root: str | None = field(
         default=None,
         metadata={

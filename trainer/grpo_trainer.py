@@ -313,9 +313,11 @@ class StreamProGRPOTrainer(GRPOTrainer):
                 # reproduces a step, whether the rollouts of a group run together or one by one.
                 seeds = torch.randint(0, 2**62, (len(inputs),)).tolist()
                 generators = [torch.Generator().manual_seed(s) for s in seeds]
-                # The G rollouts of a group (consecutive rows of one sample) run batched where the
-                # attention kernel takes the batch's mask (sdpa / eager).
-                batched = policy.config.get_text_config()._attn_implementation in ("sdpa", "eager")
+                # The G rollouts of a group (consecutive rows of one sample) run batched, unless
+                # batch_rollouts is off, where the attention kernel takes the batch's mask (sdpa / eager).
+                batched = self.args.batch_rollouts and (
+                    policy.config.get_text_config()._attn_implementation in ("sdpa", "eager")
+                )
                 start = 0
                 while start < len(inputs):
                     sample = inputs[start]

@@ -85,7 +85,7 @@ class Reference:
     items: tuple[GroundTruth, ...]
 
 
-def _time(value, field: str) -> float:
+def seconds(value, field: str) -> float:
     """A finite, non-negative number of seconds (bools are not numbers here)."""
     if type(value) is float and 0 <= value < math.inf:  # the common case, checked fast
         return value
@@ -124,10 +124,10 @@ def validate_reference(obj) -> Reference:
         raise FormatError(f"unknown task code {task!r}; use one of {list(TASKS)}")
     if not isinstance(obj["question"], str):
         raise FormatError(f"field 'question' must be a string, got {obj['question']!r}")
-    question_time = _time(obj["question_time"], "question_time")
+    question_time = seconds(obj["question_time"], "question_time")
     if not isinstance(obj["video"], str):
         raise FormatError(f"field 'video' must be a string (a path or name), got {obj['video']!r}")
-    _time(obj["duration"], "duration")
+    seconds(obj["duration"], "duration")
     answers = obj["answers"]
     if not isinstance(answers, list) or not answers:
         raise FormatError("field 'answers' must be a non-empty list of {text, time} or {text, start, end}")
@@ -141,13 +141,13 @@ def validate_reference(obj) -> Reference:
         if task in TIMESTAMP_TASKS:
             if not _has(answer, "time"):
                 raise FormatError(f"{where} needs 'time' (the best response time t*) for task {task}")
-            t = _time(answer["time"], f"{where}.time")
+            t = seconds(answer["time"], f"{where}.time")
             items.append(GroundTruth(answer["text"], t, t))
             continue
         if not (_has(answer, "start") and _has(answer, "end")):
             raise FormatError(f"{where} needs 'start' and 'end' (seconds) for task {task}")
-        start = _time(answer["start"], f"{where}.start")
-        end = _time(answer["end"], f"{where}.end")
+        start = seconds(answer["start"], f"{where}.start")
+        end = seconds(answer["end"], f"{where}.end")
         if end < start:
             raise FormatError(f"{where} has end {end} before start {start}; swap them")
         if task in SEGMENT_TASKS:
@@ -169,7 +169,7 @@ def validate_predictions(obj) -> list[Prediction]:
             raise FormatError(f"predictions[{i}] must be an object with 'time' and 'text', got {p!r}")
         if not isinstance(p["text"], str):
             raise FormatError(f"predictions[{i}].text must be a string, got {p['text']!r}")
-        out.append(Prediction(_time(p["time"], f"predictions[{i}].time"), p["text"]))
+        out.append(Prediction(seconds(p["time"], f"predictions[{i}].time"), p["text"]))
     out.sort(key=lambda p: p.time)
     return out
 

@@ -348,3 +348,15 @@ def test_one_seed_reproduces_the_rollouts_of_a_step(data, tmp_path):
         return [r.generated_ids for r in trainer._rollouts(inputs)]
 
     assert run(0) == run(0)
+
+
+def test_batch_rollouts_off_gives_the_same_rollouts_for_one_seed(data, tmp_path):
+    trainer = make_trainer(data, tmp_path, rollout_do_sample=True, constrain_decision=False)
+    inputs = [dict(trainer.train_dataset[0]) for _ in range(3)]
+
+    def run(batch_rollouts):
+        trainer.args.batch_rollouts = batch_rollouts
+        torch.manual_seed(0)
+        return [(r.ids, r.policy_mask, r.generated_ids, r.turns) for r in trainer._rollouts(inputs)]
+
+    assert run(True) == run(False)
