@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streampro.metrics import JUDGES, TURN_TAU
+from streampro.trainer.checkpointing import ActivationCheckpointingByDefault
 from streampro.trainer.rewards import RUBRIC_JUDGES
 from trl import GRPOConfig
 
 
 @dataclass
-class StreamProGRPOConfig(GRPOConfig):
+class StreamProGRPOConfig(ActivationCheckpointingByDefault, GRPOConfig):
     """``GRPOConfig`` plus the streaming-rollout and multi-grained reward options (docs/method.md §5).
 
     Re-defaulted: ``learning_rate`` 1e-6, ``temperature`` 1.0 and ``num_generations`` 8 (the
@@ -158,17 +159,9 @@ class StreamProGRPOConfig(GRPOConfig):
         },
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
-    # TRL re-defaults the deprecated alias `gradient_checkpointing` to True, which makes transformers 5.23 warn on
-    # every config; here the same default is given under the current name (see __post_init__).
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers 5.23); use that."}
-    )
 
     def __post_init__(self):
-        # TRL's default (checkpointing on), unless either name is set; a recipe sets activation_checkpointing.
-        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
-            self.activation_checkpointing = True
-        super().__post_init__()
+        super().__post_init__()  # ActivationCheckpointingByDefault, then TRL
         # An empty string (`--frames_root ""`, `frame_cache_dir: ""`) switches an optional path off, as in SFT.
         for name in ("frames_root", "frame_cache_dir"):
             if getattr(self, name) == "":

@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from streampro.trainer.checkpointing import ActivationCheckpointingByDefault
 from trl import SFTConfig
 
 LOSS_TYPES = ("cb_stream", "focal", "ce")
 
 
 @dataclass
-class StreamProSFTConfig(SFTConfig):
+class StreamProSFTConfig(ActivationCheckpointingByDefault, SFTConfig):
     """``SFTConfig`` plus the streaming-decision loss options (docs/method.md §4).
 
     Re-defaulted: ``learning_rate`` 1e-5 (the paper's), ``remove_unused_columns=False`` and
@@ -76,17 +77,9 @@ class StreamProSFTConfig(SFTConfig):
         metadata={"help": "Must stay None: streaming conversations are not truncated (image tokens would be cut)."},
     )
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
-    # TRL re-defaults the deprecated alias `gradient_checkpointing` to True, which makes transformers 5.23 warn on
-    # every config; here the same default is given under the current name (see __post_init__).
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (transformers 5.23); use that."}
-    )
 
     def __post_init__(self):
-        # TRL's default (checkpointing on), unless either name is set; a recipe sets activation_checkpointing.
-        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
-            self.activation_checkpointing = True
-        super().__post_init__()
+        super().__post_init__()  # ActivationCheckpointingByDefault, then TRL
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if not 0.0 <= self.cb_beta < 1.0:
