@@ -41,7 +41,7 @@ class InputError(ValueError):
                          "fix each line and run again", details=shown)
 
 
-def _read_jsonl(path: Path, parse, errors: list[str]) -> dict[str, tuple[int, object]]:
+def read_records(path: Path, parse, errors: list[str]) -> dict[str, tuple[int, object]]:
     """id -> (line number, parsed record); problems are appended to ``errors``."""
     from streampro.metrics.schema import FormatError
 
@@ -79,8 +79,8 @@ def load_inputs(predictions_path: Path, references_path: Path) -> tuple[list[lis
 
     predictions_path, references_path = Path(predictions_path), Path(references_path)
     errors: list[str] = []
-    refs = _read_jsonl(references_path, parse_reference, errors)
-    preds = _read_jsonl(predictions_path, parse_prediction, errors)
+    refs = read_records(references_path, parse_reference, errors)
+    preds = read_records(predictions_path, parse_prediction, errors)
     for sample_id, (lineno, _) in refs.items():
         if sample_id not in preds:
             errors.append(

@@ -132,8 +132,7 @@ def _check_reference_times(path: Path) -> None:
 
 
 def _run_benchmark(args: argparse.Namespace) -> int:
-    from streampro.jsonl import iter_jsonl
-    from streampro.metrics.inputs import judge_from_args
+    from streampro.metrics.inputs import judge_from_args, read_records
     from streampro.metrics.official import score_benchmark
     from streampro.metrics.schema import (
         FormatError,
@@ -144,26 +143,17 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         validate_reference,
     )
 
-    problems, references, predictions, seen = [], [], [], {}
-    for lineno, obj in iter_jsonl(args.references):
-        try:
-            (validate_qa_reference if is_qa_record(obj) else validate_reference)(obj)
-        except FormatError as e:
-            problems.append(f"{args.references}:{lineno}: {e}")
-            continue
-        references.append(obj)
-    for lineno, obj in iter_jsonl(args.predictions):
-        try:
-            sample_id = (validate_qa_prediction(obj)[0] if isinstance(obj, dict) and "answer" in obj
-                         else validate_prediction_record(obj)[0])
-        except FormatError as e:
-            problems.append(f"{args.predictions}:{lineno}: {e}")
-            continue
-        if sample_id in seen:
-            problems.append(f"{args.predictions}:{lineno}: duplicate id {sample_id!r} (first on line {seen[sample_id]})")
-            continue
-        seen[sample_id] = lineno
-        predictions.append(obj)
+    def parse_reference(obj):
+        (validate_qa_reference if is_qa_record(obj) else validate_reference)(obj)
+        return str(obj["id"]), obj
+
+    def parse_prediction(obj):
+        is_qa = isinstance(obj, dict) and "answer" in obj
+        return (validate_qa_prediction(obj) if is_qa else validate_prediction_record(obj))[0], obj
+
+    problems: list[str] = []  # every bad line of both files, reported together
+    references = [record for _, record in read_records(args.references, parse_reference, problems).values()]
+    predictions = [record for _, record in read_records(args.predictions, parse_prediction, problems).values()]
     if problems:
         raise UserError(problems[0] if len(problems) == 1 else f"{len(problems)} problems in the input files",
                         "fix the file and run again (formats: docs/data.md, Streaming benchmarks)",
