@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
 import time
 
 import pytest
@@ -18,6 +16,7 @@ from streampro.metrics import JudgeFailure, JudgeRequest, LLMJudge
 from streampro.metrics.llm_client import scrub
 
 from streampro.testing import FakeOpenAI, chat_reply
+from streampro.testing.raw_server import RawSocketServer
 
 GOOD = chat_reply('{"explanation": "ok", "score": 4}')
 
@@ -66,29 +65,13 @@ def test_scrub_removes_authorization_values_and_key_shaped_strings(monkeypatch):
     assert "tok-abcdefgh12345" not in scrub("x tok-abcdefgh12345 y", secrets_from_environment())
 
 
-class TricklingServer:
+class TricklingServer(RawSocketServer):
     """Answers every request with a valid reply, one byte every ``interval`` seconds (headers included)."""
 
     def __init__(self, interval: float):
+        super().__init__()
         self.interval = interval
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
-
-    def _serve(self):
-        self.sock.settimeout(0.1)
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return  # closed by __exit__
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn):
         body = json.dumps(GOOD).encode()
@@ -103,15 +86,6 @@ class TricklingServer:
                     time.sleep(self.interval)
             except OSError:
                 pass  # the client gave up
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        self.sock.close()
 
 
 def test_timeout_bounds_the_whole_request_against_a_trickling_server(tmp_path):

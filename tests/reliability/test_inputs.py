@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import pytest
 
 from streampro.cli import main
 from streampro.testing.media import write_audio_only
+from streampro.testing.raw_server import RawSocketServer
 
 # --------------------------------------------------------------------------------------------
 # The corpus
@@ -266,31 +265,15 @@ def _reply_with_score(score: str) -> bytes:
                  .encode())
 
 
-class MisbehavingJudge:
+class MisbehavingJudge(RawSocketServer):
     """A raw-socket OpenAI-compatible endpoint on loopback; ``mode`` picks how it answers a request whose
     prompt holds ``BAD``; every other request gets a valid score of 5."""
 
     def __init__(self, mode: str):
+        super().__init__()
         self.mode = mode
         self.requests: list[bytes] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
-
-    def _serve(self):
-        self.sock.settimeout(0.1)
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _read_request(self, conn) -> bytes:
         data = b""
@@ -333,15 +316,6 @@ class MisbehavingJudge:
                 conn.sendall(replies[mode])
             except OSError:
                 pass  # the client gave up
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        self.sock.close()
 
 
 def _score_files(tmp_path: Path) -> tuple[Path, Path]:
