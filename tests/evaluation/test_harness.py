@@ -297,3 +297,33 @@ def test_clear_errors_for_bad_arguments(checkpoint, tmp_path, capsys):
     bench.write_text(bench.read_text() + "{not json\n")
     assert evaluate("--model", checkpoint, *base[:-3], "--out", tmp_path / "run2") == 2
     assert "bench.jsonl:2: invalid JSON" in capsys.readouterr().err
+
+
+def test_report_json_is_written_last(tmp_path, monkeypatch):
+    """``report.json`` marks a finished evaluation (reproduce skips one that has it): a run stopped
+    while drawing its plots must not leave it, and a second try writes everything."""
+    from streampro.evaluation import report as report_module
+    from streampro.metrics.judges import make_judge
+
+    ref = {"id": "clip-0", "task": "OU", "question": "Tell me when the square changes colour.",
+           "question_time": 0.0, "video": "clip0.mp4", "duration": 5.0,
+           "answers": [{"text": "the red square turned blue", "time": 3.0}]}
+    record = {"id": "clip-0", "error": None, "events": [],
+              "predictions": [{"text": "the red square turned blue", "time": 3.0}]}
+
+    config = {"model": "m", "benchmark": "b.jsonl", "protocol": "streampro", "fps": 1.0}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module, "write_plots", killed)
+    with pytest.raises(KeyboardInterrupt):
+        report_module.write_reports(tmp_path, [record], [ref], make_judge("lexical"), config, num_timelines=0)
+    assert not (tmp_path / "report.json").exists() and not (tmp_path / "report.md").exists()
+
+    monkeypatch.undo()
+    report = report_module.write_reports(tmp_path, [record], [ref], make_judge("lexical"), config, num_timelines=0)
+    assert report["results"]["OU_f1"] == 100.0
+    assert json.loads((tmp_path / "report.json").read_text())["results"] == report["results"]
+    assert (tmp_path / "plots" / "task_f1.png").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp") or ".tmp." in p.name]

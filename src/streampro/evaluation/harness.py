@@ -171,8 +171,11 @@ def read_suite(paths: list[Path], benchmark: str, limit_per_task: int | None = N
 
 def check_run_config(out_dir: Path, config: EvalConfig) -> None:
     """Write ``run_config.json``, or check that the existing one matches ``config``."""
+    from streampro.dataset_scripts.manifest import remove_stale_temporaries
+
     path = out_dir / CONFIG_FILE
     wanted = config.to_dict()
+    remove_stale_temporaries(out_dir)  # what a killed run was writing; it is written again
     if path.exists():
         stored = json.loads(path.read_text(encoding="utf-8"))
         diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
@@ -270,7 +273,7 @@ def merge_predictions(out_dir: Path, references: list[dict]) -> list[dict]:
     if extra:
         logger.warning("ignoring %d record(s) whose ids are not in the benchmark, e.g. %s", len(extra), extra[:3])
     records = [by_id[i] for i in order]
-    tmp = out_dir / f".{PREDICTIONS_FILE}.tmp"
+    tmp = out_dir / f".{PREDICTIONS_FILE}.{os.getpid()}.tmp"
     with tmp.open("wb") as f:
         for record in records:
             f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))

@@ -181,10 +181,21 @@ def write_reports(out_dir: Path, records: list[dict], references: list[dict], ju
     """Score and write ``report.json``, ``report.md`` and ``plots/``; return the report."""
     report = score_run(records, references, judge, strict=strict)
     report = {"config": config, **report}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out_dir / "report.md").write_text(format_markdown(report, config), encoding="utf-8")
     write_plots(report, records, references, judge, out_dir / "plots", num_timelines)
+    _write_report_files(out_dir, report, format_markdown(report, config))
     return report
+
+
+def _write_report_files(out_dir: Path, report: dict, markdown: str) -> None:
+    """Write ``report.md`` then ``report.json``, each atomically and after the plots.
+
+    ``report.json`` is the mark of a finished run (``streampro reproduce`` skips an evaluation that
+    has one), so it comes last: a run killed before it is evaluated again, plots included.
+    """
+    from streampro.dataset_scripts.manifest import write_text_atomic
+
+    write_text_atomic(out_dir / "report.md", markdown)
+    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,8 +288,6 @@ def write_suite_reports(out_dir: Path, benchmark: str, records: list[dict], refe
     from streampro.metrics.plots import plot_task_f1
 
     report = {"config": config, **score_suite(benchmark, records, references, judge)}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out_dir / "report.md").write_text(format_suite_markdown(report, config), encoding="utf-8")
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     official = report["official"]
@@ -290,4 +299,5 @@ def write_suite_reports(out_dir: Path, benchmark: str, records: list[dict], refe
             plot_task_f1(f1, plot_dir / "task_f1.png")
     proactive = [(rec, ref) for rec, ref in zip(records, references) if "predictions" in rec]
     write_timelines([r for r, _ in proactive], [r for _, r in proactive], judge, plot_dir, num_timelines)
+    _write_report_files(out_dir, report, format_suite_markdown(report, config))
     return report

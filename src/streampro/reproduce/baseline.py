@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from streampro.dataset_scripts.manifest import write_text_atomic
 from streampro.jsonl import read_jsonl
 from streampro.reproduce.run import Run
 
@@ -26,8 +27,7 @@ def fixed_time_baseline(run: Run) -> dict:
             if run.recipe.control_clips:
                 result["control"] = _fit_constant(read_jsonl(bench / "control_validation.jsonl"),
                                                   read_jsonl(bench / "control_test.jsonl"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result, indent=2) + "\n")
+            write_text_atomic(path, json.dumps(result, indent=2) + "\n")  # the stage's completion mark
     return json.loads(path.read_text())
 
 

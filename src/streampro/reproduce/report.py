@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from streampro.dataset_scripts.manifest import write_text_atomic
 from streampro.errors import UserError
 from streampro.jsonl import read_jsonl
 from streampro.reproduce.baseline import fixed_time_baseline
@@ -289,8 +290,8 @@ def plot_timelines(run: Run, summary: dict, path: Path) -> None:
 def write_report(run: Run) -> dict:
     baseline = fixed_time_baseline(run)
     summary = collect(run, baseline)
-    (run.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (run.out / "results.md").write_text(format_results(summary))
     plot_task_f1(summary, run.out / "plots" / "reproduce_task_f1.png")
     plot_timelines(run, summary, run.out / "plots" / "reproduce_timelines.png")
+    write_text_atomic(run.out / "results.md", format_results(summary))
+    write_text_atomic(run.out / "results.json", json.dumps(summary, indent=2) + "\n")
     return summary

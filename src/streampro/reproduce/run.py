@@ -111,5 +111,13 @@ class Run:
             self.timings = stored
 
 
+TRAINED_MARK = "log_history.json"  # written by a training stage after its final save
+
+
 def is_model(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def is_trained(path: Path) -> bool:
+    """A training stage's folder holds its whole final model (its log comes after the save)."""
+    return is_model(path) and (path / TRAINED_MARK).is_file()

@@ -22,12 +22,14 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
+from streampro.dataset_scripts.manifest import remove_stale_temporaries, write_text_atomic
 from streampro.jsonl import read_jsonl, write_jsonl
 from streampro.reproduce.recipe import Recipe
-from streampro.reproduce.run import LOSSES, SFT_MODELS, Run, is_model
+from streampro.reproduce.run import LOSSES, SFT_MODELS, TRAINED_MARK, Run, is_model, is_trained
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ def build_init(run: Run) -> None:
     path = run.model_dir("init")
     with run.stage("init", is_model(path)) as todo:
         if todo:
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):  # what a killed run was saving
+                shutil.rmtree(stale)
             side = run.recipe.size
             tb = build_tiny_backbone("qwen2_5_vl", seed=run.seed, streampro=True, min_pixels=side * side,
                                      max_pixels=side * side, **run.recipe.model_sizes)
@@ -71,8 +75,13 @@ def build_init(run: Run) -> None:
                 centre_image_features(tb.model, tb.processor, _training_frames(run))
             if run.recipe.short_system_prompt:
                 tb.processor.system_prompt = SHORT_SYSTEM_PROMPT  # saved with the processor, used by every stage
-            tb.model.save_pretrained(path)
-            tb.processor.save_pretrained(path)
+            # Saved beside, then renamed: a killed save leaves no folder that looks like a finished init.
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tb.model.save_pretrained(tmp)
+            tb.processor.save_pretrained(tmp)
+            if path.exists():  # a folder without a whole model in it
+                shutil.rmtree(path)
+            os.replace(tmp, path)
 
 
 def _training_frames(run: Run, clips: int = 64) -> list:
@@ -122,7 +131,8 @@ def _train(build_trainer, parser_types, argv: list[str], work: Path) -> None:
     apply_cpu_speedups(trainer.model)
     trainer.train(resume_from_checkpoint=_last_checkpoint(work))
     save_final(trainer, str(work))
-    (work / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+    # The stage's completion mark (is_trained), written last: a kill during the save trains 0 steps and saves again.
+    write_text_atomic(work / TRAINED_MARK, json.dumps(trainer.state.log_history, indent=1) + "\n")
 
 
 def _common_trainer_argv(run: Run, work: Path, steps: int) -> list[str]:
@@ -163,9 +173,10 @@ def _train_stage(run: Run, name: str, start: str, kind: str, steps: int, argv: l
         from streampro.trainer.grpo_config import StreamProGRPOConfig as Config
 
     work = run.model_dir(name)
-    with run.stage(name, is_model(work)) as todo:
+    with run.stage(name, is_trained(work)) as todo:
         if todo:
             work.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(work)
             (work / "start.txt").write_text(start + "\n")
             argv = ["--model", str(run.model_dir(start)), *argv, *_freeze_argv(run.recipe),
                     *_common_trainer_argv(run, work, steps)]
