@@ -8,6 +8,13 @@ one JSON object.
     python benchmarks/engine_throughput.py --quick        # 8 clips, ~20 frames each
     python benchmarks/engine_throughput.py                 # 8 clips looped to 100 frames each
     python benchmarks/engine_throughput.py --device cuda --streams 8 --frames 300
+    python benchmarks/engine_throughput.py --quick --engine vllm   # + the streams in flight at once on vLLM
+
+``--engine vllm`` adds a third run: the same streams through a vLLM server all at once (one thread
+per stream; the server batches their requests; docs/vllm.md), started here in vLLM's environment
+(``--vllm-python``, default .venv-vllm) unless ``--vllm-url`` names one serving the same checkpoint.
+It reports the ratio to the PyTorch engine one by one and the prefix-cache hit fraction from vLLM's
+own counters (cached prompt tokens / prompt tokens looked up during the run).
 
 Default model: the embedded tiny StreamPro-Synth checkpoint (``--model DIR`` for another). The
 clips are StreamPro-Synth's (``dataset_scripts/synth.py``), one per task, rendered at 1 fps;
@@ -48,6 +55,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16"])
+    parser.add_argument("--engine", default="pytorch", choices=["pytorch", "vllm"],
+                        help="vllm: also stream on a vLLM server, all streams in flight at once")
+    parser.add_argument("--vllm-url", default=None, help="a running vLLM server for --engine vllm")
+    parser.add_argument("--vllm-python", default=None, help="vLLM's python (default .venv-vllm/bin/python)")
+    parser.add_argument("--vllm-arg", action="append", default=[], help="one more argument for the vLLM server")
     args = parser.parse_args()
 
     import torch
@@ -100,7 +112,49 @@ def main() -> None:
     }
     if args.device.startswith("cuda"):
         result["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if args.engine == "vllm":
+        result.update(run_vllm(args, processor, streams, options, single, single_s, total))
     print(json.dumps(result))
+
+
+def run_vllm(args, processor, streams, options, single, single_s: float, total: int) -> dict:
+    """The streams on a vLLM server at once; figures against the PyTorch one-by-one run."""
+    import contextlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streampro.loading import default_model_dir
+    from streampro.serving.vllm_server import VLLMServer
+    from streampro.serving.vllm_session import VLLMEngine, prefix_cache_hit_fraction
+
+    model_dir = args.model or default_model_dir()
+    server = (contextlib.nullcontext(args.vllm_url) if args.vllm_url else
+              VLLMServer(model_dir, python=args.vllm_python, extra_args=args.vllm_arg))
+    with server as url:
+        engine = VLLMEngine(url, model_dir, processor=processor)
+        list(engine.generate_stream(streams[0][0][:3], "warm-up", **options))  # first requests, encoder warm-up
+        before = engine.client.metrics()
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=len(streams)) as pool:
+            events = list(pool.map(lambda s: list(engine.generate_stream(s[0], s[1], question_time=s[2], **options)),
+                                   streams))
+        vllm_s = time.perf_counter() - start
+        after = engine.client.metrics()
+        engine.close()
+    agree = sum(a.decision == b.decision and a.text == b.text
+                for sa, sb in zip(single, events) for a, b in zip(sa, sb)) / total
+    p_gap = max((abs(a.p_response - b.p_response) for sa, sb in zip(single, events) for a, b in zip(sa, sb)
+                 if a.p_response is not None), default=0.0)
+    hit = prefix_cache_hit_fraction(before, after)
+    print(f"  vLLM, {len(streams)} at once: {total / vllm_s:8.1f} frames/s  ({vllm_s:.2f} s), "
+          f"{single_s / vllm_s:.2f}x the PyTorch engine one by one; prefix-cache hits {hit:.1%} of prompt tokens")
+    return {
+        "frames_per_s_vllm": round(total / vllm_s, 2),
+        "throughput_ratio_vs_pytorch": round(single_s / vllm_s, 2),
+        "prefix_cache_hit_fraction": round(hit, 4) if hit is not None else None,
+        "event_agreement_vllm": round(agree, 4),
+        "max_p_response_gap_vllm": round(p_gap, 6),
+        "vllm_server_args": args.vllm_arg,
+    }
 
 
 if __name__ == "__main__":

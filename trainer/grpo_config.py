@@ -17,6 +17,10 @@ from streampro.trainer.checkpointing import ActivationCheckpointingByDefault
 from streampro.trainer.rewards import RUBRIC_JUDGES
 from trl import GRPOConfig
 
+from streampro.errors import UserError
+
+VLLM_DOCS = 'docs/grpo.md, section "Rollouts on vLLM" (docs/grpo.md#rollouts-on-vllm)'
+
 
 @dataclass
 class StreamProGRPOConfig(ActivationCheckpointingByDefault, GRPOConfig):
@@ -25,8 +29,8 @@ class StreamProGRPOConfig(ActivationCheckpointingByDefault, GRPOConfig):
     Re-defaulted: ``learning_rate`` 1e-6, ``temperature`` 1.0 and ``num_generations`` 8 (the
     paper's), ``loss_type`` "grpo", ``logging_steps`` 1, ``max_completion_length`` None (a
     completion is a whole trajectory, bounded by ``max_frames_per_rollout`` and
-    ``max_new_tokens`` instead), ``use_vllm`` False (rollouts run through the KV-cache streaming
-    loop; see docs/grpo.md for vLLM).
+    ``max_new_tokens`` instead), ``use_vllm`` False (refused: rollouts run through the KV-cache
+    streaming loop; docs/grpo.md "Rollouts on vLLM" says why).
     """
 
     # --- rewards ---------------------------------------------------------------------------
@@ -208,9 +212,13 @@ class StreamProGRPOConfig(ActivationCheckpointingByDefault, GRPOConfig):
         if self.rollout_do_sample and self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 when sampling rollouts, got {self.temperature}")
         if self.use_vllm:
-            raise ValueError(
-                "use_vllm is not supported: rollouts are streaming trajectories generated with the KV-cache loop "
-                "(frames arrive inside the completion); see docs/grpo.md for what a vLLM setup would need"
+            # UserError: the CLI prints it as one line. The section name is stable (tests check it).
+            raise UserError(
+                "use_vllm is not supported: a StreamPro rollout adds a new frame inside the completion at every "
+                "turn, and TRL's vLLM paths (generate, rollout_func) cannot pass images inside a completion to "
+                "the training forward",
+                f"leave use_vllm false (rollouts run, batched, in the PyTorch streaming loop); {VLLM_DOCS} says "
+                "where TRL stops and what upstream change would allow it",
             )
         if self.max_completion_length is not None:
             raise ValueError(

@@ -49,3 +49,13 @@ def load_model_and_processor(model_dir: str | Path | None = None, *, device: str
     processor = StreamProProcessor.from_pretrained(path, trust_remote_code=True)
     logger.info("loaded %s (%s backbone, %s) on %s", path, model.config.backbone, model.dtype, device)
     return model, processor
+
+
+def load_processor(model_dir: str | Path | None = None):
+    """The processor of a StreamPro checkpoint alone (clients of a served model need no weights)."""
+    from streampro.modeling_streampro.processing_streampro import StreamProProcessor
+
+    path = Path(model_dir) if model_dir is not None else default_model_dir()
+    if not (path / "processor_config.json").exists():
+        raise FileNotFoundError(f"{path} has no processor_config.json; pass a StreamPro checkpoint")
+    return StreamProProcessor.from_pretrained(path, trust_remote_code=True)

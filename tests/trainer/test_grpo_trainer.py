@@ -10,6 +10,7 @@ silence, responses and malformed turns and the rewards differ within a group.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from streampro.trainer.grpo import build_trainer
 from streampro.trainer.grpo_config import GRPOScriptArguments, StreamProGRPOConfig
 
 from streampro.backbones import build_tiny_backbone
+from streampro.errors import UserError
 from streampro.video import encode_video
 
 SIZE = 56  # the tiny image processor's smallest side: 4 frame tokens per turn keeps every forward cheap
@@ -297,8 +299,11 @@ def test_config_checks():
         )
     with pytest.raises(ValueError, match="rubric_endpoint"):
         StreamProGRPOConfig(output_dir="x", use_cpu=True, bf16=False)
-    with pytest.raises(ValueError, match="use_vllm"):
+    with pytest.raises(UserError, match="use_vllm is not supported") as refused:
         StreamProGRPOConfig(output_dir="x", use_cpu=True, bf16=False, rubric_judge="offline", use_vllm=True)
+    assert "docs/grpo.md#rollouts-on-vllm" in refused.value.fix
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "grpo.md").read_text(encoding="utf-8")
+    assert "\n## Rollouts on vLLM\n" in docs  # the section the message points to (its anchor)
     with pytest.raises(ValueError, match="reward weights"):
         StreamProGRPOConfig(
             output_dir="x", use_cpu=True, bf16=False, rubric_judge="offline", format_weight=-1

@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "reproduce": ("streampro.cli.reproduce", "Reproduce the paper's training story on StreamPro-Synth (tiny CPU model, controls)."),
     "space": ("streampro.cli.space", "Serve the Gradio Space (upload / webcam streaming, scoring) locally."),
+    "vllm-server": ("streampro.cli.vllm_server", "Start a vLLM server for a StreamPro checkpoint (its own environment)."),
+    "serve": ("streampro.cli.serve", "Serve live streaming sessions over HTTP and WebSocket (PyTorch or vLLM engine)."),
 }
 
 

@@ -6,6 +6,8 @@
     python -m streampro.cli.evaluate ...            # this command alone (same options)
     streampro evaluate --protocol decision-tree --model Qwen2.5-VL-3B/ ...           # offline baseline
     streampro evaluate --benchmark-suite ovo-bench --references refs/ovo.jsonl --video-root ovo/ --out runs/ovo
+    streampro evaluate --engine vllm --batch-streams 16 ...   # on a vLLM server this command starts (docs/vllm.md)
+    streampro evaluate --engine vllm --vllm-url http://127.0.0.1:8000 ...   # on a running one
 
 Killed at any point, the same command resumes where it stopped (docs/evaluation.md).
 """
@@ -13,6 +15,7 @@ Killed at any point, the same command resumes where it stopped (docs/evaluation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -70,6 +73,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-streams", type=int, default=1, metavar="N",
                         help="Stream N proactive samples together in one batched forward per frame (StreamPro "
                              "protocol; same results, docs/engine.md); each batch's videos are decoded whole first.")
+    parser.add_argument("--engine", choices=("pytorch", "vllm"), default="pytorch",
+                        help="pytorch: the model runs in this process; vllm: on a vLLM server, with --batch-streams "
+                             "streams in flight at once (docs/vllm.md).")
+    parser.add_argument("--vllm-url", metavar="URL",
+                        help="--engine vllm: a running server (`streampro vllm-server MODEL`). Without it, this "
+                             "command starts one on 127.0.0.1 and stops it at the end.")
+    parser.add_argument("--vllm-python", metavar="PATH",
+                        help="--engine vllm without --vllm-url: the python of vLLM's environment "
+                             "(default $STREAMPRO_VLLM_PYTHON, else .venv-vllm/bin/python).")
+    parser.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
+                        help="--engine vllm without --vllm-url: one more argument for the vLLM server "
+                             "(repeat it: --vllm-arg=--enforce-eager --vllm-arg=--max-model-len=32768).")
     add_judge_arguments(parser)  # the same judge flags as `streampro score`
 
 
@@ -89,6 +104,18 @@ def _check_args(args) -> None:
     for flag, value in at_least_one.items():
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: must be >= 1", f"pass a positive {flag}")
+    if args.engine == "vllm" and args.protocol != "streampro":
+        raise UserError(f"--engine vllm with --protocol {args.protocol}: the vLLM engine runs StreamPro checkpoints",
+                        "use --protocol streampro, or --engine pytorch for the decision-tree protocol")
+    if args.engine != "vllm" and (args.vllm_url or args.vllm_python or args.vllm_arg):
+        raise UserError("--vllm-url / --vllm-python / --vllm-arg need --engine vllm", "add --engine vllm")
+    if args.vllm_url and (args.vllm_python or args.vllm_arg):
+        raise UserError("--vllm-python / --vllm-arg start a server, --vllm-url names a running one",
+                        "pass one or the other")
+    if args.engine == "vllm" and args.num_processes > 1 and not args.vllm_url:
+        raise UserError(f"--num-processes {args.num_processes} with --engine vllm: the processes would start one "
+                        "server each", "start one with `streampro vllm-server MODEL` and pass its --vllm-url "
+                        "(or raise --batch-streams instead: one process keeps that many streams in flight)")
     if args.batch_streams > 1 and args.protocol != "streampro":
         raise UserError(f"--batch-streams {args.batch_streams} with --protocol {args.protocol}: only the streampro "
                         "protocol streams samples together", "drop --batch-streams or use --protocol streampro")
@@ -165,6 +192,7 @@ def build_config(args):
         max_pixels=args.max_pixels,
         shuffle_frames=args.shuffle_frames,
         suite=args.benchmark_suite,
+        engine=args.engine,
     )
 
 
@@ -186,6 +214,7 @@ def launch_argv(args) -> list[str]:
         "--judge-model": args.judge_model, "--judge-api-key-env": args.judge_api_key_env,
         "--judge-cache": args.judge_cache, "--judge-concurrency": args.judge_concurrency,
         "--judge-timeout": args.judge_timeout, "--judge-retries": args.judge_retries,
+        "--engine": args.engine, "--vllm-url": args.vllm_url,
     }
     for flag, value in options.items():
         if value is not None:
@@ -216,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from streampro.metrics import JudgeError
     from streampro.metrics.inputs import judge_from_args
+    from streampro.serving.vllm_session import VLLMEngineError
 
     _check_args(args)
     if args.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -236,8 +266,9 @@ def run(args: argparse.Namespace) -> int:
                                 "run them with --benchmark-suite NAME --references FILE")
         check_run_config(args.out, config)
         dist = distributed_state()
-        run_shard(config, references, args.out, dist, strict=args.strict, progress=not args.no_progress,
-                  batch_streams=args.batch_streams)
+        with _vllm_server(args, config.model) as vllm_url:
+            run_shard(config, references, args.out, dist, strict=args.strict, progress=not args.no_progress,
+                      batch_streams=args.batch_streams, vllm_url=vllm_url)
         if dist.rank != 0:
             return 0
         wait_for_all(args.out, references)
@@ -250,6 +281,10 @@ def run(args: argparse.Namespace) -> int:
                                    num_timelines=args.plot_samples)
     except UserError:
         raise
+    except VLLMEngineError as e:
+        first, *rest = str(e).splitlines()
+        raise UserError(first, "start the vLLM server again (or leave out --vllm-url: this command starts one) and "
+                               "run the same command: finished samples are kept", details=rest) from e
     except (RunError, ValueError, FileNotFoundError, JudgeError) as e:  # the benchmark, run folder, model, judge
         raise UserError.from_exception(e, "fix the input named above and run the same command again (it resumes)") from e
     if args.benchmark_suite is not None:
@@ -258,6 +293,18 @@ def run(args: argparse.Namespace) -> int:
         print(format_markdown(report, config.to_dict()))
     print(f"report: {args.out / 'report.json'}, {args.out / 'report.md'}; plots: {args.out / 'plots'}")
     return 0
+
+
+@contextlib.contextmanager
+def _vllm_server(args, model: str):
+    """The vLLM server's URL for ``--engine vllm`` (``--vllm-url``, or one started here and stopped after); else None."""
+    if args.engine != "vllm" or args.vllm_url:
+        yield args.vllm_url
+        return
+    from streampro.serving.vllm_server import VLLMServer
+
+    with VLLMServer(model, python=args.vllm_python, extra_args=args.vllm_arg) as url:
+        yield url
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,6 +86,8 @@ class EvalConfig:
     # `--benchmark-suite NAME`: the official scoring of that benchmark (``benchmark`` then lists the
     # reference files, joined by ``os.pathsep``, and ``limit`` applies per task).
     suite: str | None = None
+    # The engine the model runs on: "pytorch" (in this process) or "vllm" (a vLLM server, docs/vllm.md).
+    engine: str = "pytorch"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -516,11 +518,12 @@ def distributed_state() -> Distributed:
 
 
 def run_shard(config: EvalConfig, references: list[dict], out_dir: Path, dist: Distributed, *,
-              strict: bool = False, progress: bool = True, batch_streams: int = 1) -> int:
+              strict: bool = False, progress: bool = True, batch_streams: int = 1, vllm_url: str | None = None) -> int:
     """Evaluate this rank's unfinished samples; return how many it evaluated now.
 
     ``batch_streams`` > 1 streams that many proactive samples together (``protocol.run_batch``, the
-    StreamPro protocol only); the records are those of one-by-one streaming.
+    StreamPro protocol only); the records are those of one-by-one streaming. ``vllm_url``: the
+    server of ``config.engine == "vllm"``; a failing server stops the run (finished records are kept).
     """
     from tqdm import tqdm
 
@@ -538,7 +541,7 @@ def run_shard(config: EvalConfig, references: list[dict], out_dir: Path, dist: D
         return 0
     protocol = build_protocol(
         config.protocol, config.model, device=dist.device, fps=config.fps, window_turns=config.window_turns,
-        max_new_tokens=config.max_new_tokens, response_threshold=config.response_threshold,
+        max_new_tokens=config.max_new_tokens, response_threshold=config.response_threshold, vllm_url=vllm_url,
     )
     video_root = Path(config.video_root)
     writer = RecordWriter(own)

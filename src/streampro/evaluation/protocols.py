@@ -188,19 +188,14 @@ class StreamProProtocol:
         ``user_turns`` (``[{"time", "content"}]``, e.g. ProactiveVideoQA's subtitles) enter the
         stream as further user text at their own turns (``generate_stream``'s timed questions).
         """
-        out = SampleOutput()
-        stream = self.model.generate_stream(
+        return _sample_output(self.model.generate_stream(
             frames, timed_user_text(question, question_time, user_turns, self.fps) if user_turns else question,
-            processor=self.processor, question_time=question_time, fps=self.fps,
-            window_turns=self.window_turns, max_new_tokens=self.max_new_tokens,
-            response_threshold=self.response_threshold,
-        )
-        for ev in stream:
-            decision = ev.decision if ev.p_response is not None else "before_question"
-            out.events.append(_event(ev.time, decision, ev.p_response))
-            if ev.decision == "response":
-                out.predictions.append({"time": ev.time, "text": ev.text})
-        return out
+            processor=self.processor, question_time=question_time, **self._options(),
+        ))
+
+    def _options(self) -> dict:
+        return {"fps": self.fps, "window_turns": self.window_turns, "max_new_tokens": self.max_new_tokens,
+                "response_threshold": self.response_threshold}
 
     def run_batch(self, samples: list[tuple]) -> list[SampleOutput]:
         """``run`` over several ``(frames, question, question_time, user_turns)`` in one batched engine.
@@ -211,27 +206,15 @@ class StreamProProtocol:
         streams = self.model.generate_streams(
             [frames for frames, _, _, _ in samples],
             [timed_user_text(q, t, u, self.fps) if u else q for _, q, t, u in samples],
-            processor=self.processor, question_times=[t for _, _, t, _ in samples], fps=self.fps,
-            window_turns=self.window_turns, max_new_tokens=self.max_new_tokens,
-            response_threshold=self.response_threshold,
+            processor=self.processor, question_times=[t for _, _, t, _ in samples], **self._options(),
         )
-        outs = []
-        for events in streams:
-            out = SampleOutput()
-            for ev in events:
-                decision = ev.decision if ev.p_response is not None else "before_question"
-                out.events.append(_event(ev.time, decision, ev.p_response))
-                if ev.decision == "response":
-                    out.predictions.append({"time": ev.time, "text": ev.text})
-            outs.append(out)
-        return outs
+        return [_sample_output(events) for events in streams]
 
     def answer_at(self, frames, questions: list[tuple[float, str]]) -> QAOutput:
         """Answer each ``(time, text)`` question at its turn, in one pass (module docstring)."""
         at = _question_turns(questions, self.fps)
         last = max(at)
-        session = QASession(self.model, self.processor, fps=self.fps, window_turns=self.window_turns,
-                            max_new_tokens=self.max_new_tokens)
+        session = self._qa_session()
         out = QAOutput(answers=[None] * len(questions))
         k = -1
         with torch.no_grad():
@@ -246,6 +229,50 @@ class StreamProProtocol:
         if k < 0:
             raise ValueError("no frames: the stream is empty")
         return out
+
+    def _qa_session(self):
+        return QASession(self.model, self.processor, fps=self.fps, window_turns=self.window_turns,
+                         max_new_tokens=self.max_new_tokens)
+
+
+class VLLMStreamProProtocol(StreamProProtocol):
+    """The StreamPro protocol on a vLLM server (``streampro.serving.vllm_session``): the same records.
+
+    ``run_batch`` keeps its samples in flight together (one thread per stream; the server batches
+    their requests), instead of one padded forward per frame.
+    """
+
+    def __init__(self, engine, *, fps: float = 1.0, window_turns: int = STREAMPRO_WINDOW, max_new_tokens: int = 64,
+                 response_threshold: float | None = None):
+        super().__init__(None, engine.processor, fps=fps, window_turns=window_turns, max_new_tokens=max_new_tokens,
+                         response_threshold=response_threshold)
+        self.engine = engine
+
+    def run(self, frames, question: str, question_time: float, user_turns: list[dict] | None = None) -> SampleOutput:
+        return _sample_output(self.engine.generate_stream(
+            frames, timed_user_text(question, question_time, user_turns, self.fps) if user_turns else question,
+            question_time=question_time, **self._options(),
+        ))
+
+    def run_batch(self, samples: list[tuple]) -> list[SampleOutput]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(samples)) as pool:
+            return list(pool.map(lambda sample: self.run(*sample), samples))
+
+    def _qa_session(self):
+        return self.engine.session(fps=self.fps, window_turns=self.window_turns, max_new_tokens=self.max_new_tokens)
+
+
+def _sample_output(events) -> SampleOutput:
+    """A stream's events as predictions (its responses) and compact per-frame events."""
+    out = SampleOutput()
+    for ev in events:
+        decision = ev.decision if ev.p_response is not None else "before_question"
+        out.events.append(_event(ev.time, decision, ev.p_response))
+        if ev.decision == "response":
+            out.predictions.append({"time": ev.time, "text": ev.text})
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,8 +466,15 @@ class DecisionTreeProtocol:
 
 
 def build_protocol(name: str, model_dir: str | Path | None, *, device, fps: float, window_turns: int,
-                   max_new_tokens: int, response_threshold: float | None):
-    """Load the model for protocol ``name`` and wrap it."""
+                   max_new_tokens: int, response_threshold: float | None, vllm_url: str | None = None):
+    """Load the model for protocol ``name`` and wrap it (``vllm_url``: the StreamPro protocol on that vLLM server)."""
+    if vllm_url is not None:
+        if name != "streampro":
+            raise ValueError(f"--engine vllm runs the streampro protocol, not {name!r}")
+        from streampro.serving.vllm_session import VLLMEngine
+
+        return VLLMStreamProProtocol(VLLMEngine(vllm_url, model_dir), fps=fps, window_turns=window_turns,
+                                     max_new_tokens=max_new_tokens, response_threshold=response_threshold)
     if name == "streampro":
         from streampro.loading import load_model_and_processor
 

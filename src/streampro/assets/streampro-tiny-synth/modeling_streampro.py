@@ -285,30 +285,7 @@ class StreamProForConditionalGeneration(StreamProPreTrainedModel, GenerationMixi
         """
         questions = _normalise_questions(question, question_time)
         session = StreamSession(self, processor, generator=generator, **options)
-        fps = session.fps
-        pending = sorted(questions)
-        known_length = len(frames) if hasattr(frames, "__len__") else None
-        if known_length == 0:
-            raise ValueError("no frames: the stream is empty")
-        if known_length is not None and pending:
-            last_turn = turn_index_for_time(pending[-1][0], fps)
-            if last_turn >= known_length:
-                raise ValueError(
-                    f"question time {pending[-1][0]} s falls on turn {last_turn}, beyond the stream of "
-                    f"{known_length} frames ({turn_time(known_length - 1, fps) if known_length else 0:g} s at {fps} fps)"
-                )
-        k = -1
-        for k, frame in enumerate(frames):
-            while pending and turn_index_for_time(pending[0][0], fps) == k:
-                session.ask(pending.pop(0)[1])
-            yield session.step(frame)
-        if k < 0:
-            raise ValueError("no frames: the stream is empty")
-        if pending:
-            raise ValueError(
-                f"question time {pending[0][0]} s is beyond the stream ({k + 1} frames, "
-                f"{turn_time(k, fps):g} s at {fps} fps)"
-            )
+        yield from drive_stream(session, frames, questions)
 
     @torch.no_grad()
     def generate_streams(
@@ -409,6 +386,38 @@ def _normalise_questions(question, question_time: float) -> list[tuple[float, st
         if not q.strip():
             raise ValueError("question text is empty")
     return items
+
+
+def drive_stream(session, frames: Iterable, questions: list[tuple[float, str]]) -> Iterator[StreamEvent]:
+    """Step ``session`` over ``frames``, asking each ``(time, text)`` of ``questions`` on its turn; one event per frame.
+
+    Any session with ``fps``, ``ask`` and ``step`` is driven the same way (``generate_stream``, and
+    the vLLM engine's sessions in ``streampro.serving``).
+    """
+    fps = session.fps
+    pending = sorted(questions)
+    known_length = len(frames) if hasattr(frames, "__len__") else None
+    if known_length == 0:
+        raise ValueError("no frames: the stream is empty")
+    if known_length is not None and pending:
+        last_turn = turn_index_for_time(pending[-1][0], fps)
+        if last_turn >= known_length:
+            raise ValueError(
+                f"question time {pending[-1][0]} s falls on turn {last_turn}, beyond the stream of "
+                f"{known_length} frames ({turn_time(known_length - 1, fps) if known_length else 0:g} s at {fps} fps)"
+            )
+    k = -1
+    for k, frame in enumerate(frames):
+        while pending and turn_index_for_time(pending[0][0], fps) == k:
+            session.ask(pending.pop(0)[1])
+        yield session.step(frame)
+    if k < 0:
+        raise ValueError("no frames: the stream is empty")
+    if pending:
+        raise ValueError(
+            f"question time {pending[0][0]} s is beyond the stream ({k + 1} frames, "
+            f"{turn_time(k, fps):g} s at {fps} fps)"
+        )
 
 
 # ======================================================================================
@@ -1217,4 +1226,5 @@ __all__ = [
     "SessionOptions",
     "StreamSession",
     "StreamSessions",
+    "drive_stream",
 ]
