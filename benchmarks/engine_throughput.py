@@ -9,6 +9,8 @@ one JSON object.
     python benchmarks/engine_throughput.py                 # 8 clips looped to 100 frames each
     python benchmarks/engine_throughput.py --device cuda --streams 8 --frames 300
     python benchmarks/engine_throughput.py --quick --engine vllm   # + the streams in flight at once on vLLM
+    python benchmarks/engine_throughput.py --quick --engine vllm --preset small --size 224   # a 40 M model
+    python benchmarks/engine_throughput.py --device cuda --engine vllm --preset 3b --size 448   # on a GPU
 
 ``--engine vllm`` adds a third run: the same streams through a vLLM server all at once (one thread
 per stream; the server batches their requests; docs/vllm.md), started here in vLLM's environment
@@ -43,12 +45,35 @@ def synth_streams(n: int, frames: int | None, size: int, seed: int = 7):
     return out
 
 
+def save_preset(preset: str, max_pixels: int) -> str:
+    """A random-weight StreamPro model of ``preset``'s shape, saved (vLLM serves a folder); its path."""
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from streampro.backbones import build_tiny_backbone
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from stream_latency import PRESETS
+
+    tb = build_tiny_backbone("qwen2_5_vl", streampro=True, max_pixels=max_pixels, min_pixels=min(3136, max_pixels),
+                             **PRESETS[preset])
+    folder = tempfile.mkdtemp(prefix=f"streampro-{preset}-")
+    tb.model.save_pretrained(folder)
+    tb.processor.save_pretrained(folder)
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the clips as they are (12-24 frames each)")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--frames", type=int, default=None, help="frames per stream (clips looped); default 100")
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the embedded tiny model)")
+    parser.add_argument("--preset", default=None, choices=["small", "3b"],
+                        help="instead of --model: a random-weight model of that shape (stream_latency.PRESETS), "
+                             "saved to a temporary folder; frames up to --max-pixels")
+    parser.add_argument("--max-pixels", type=int, default=448 * 448, help="with --preset: the frame size cap")
     parser.add_argument("--size", type=int, default=112, help="clip side in px")
     parser.add_argument("--window-turns", type=int, default=200)
     parser.add_argument("--memory", default="window", choices=["window", "sink_window"])
@@ -67,6 +92,8 @@ def main() -> None:
     from streampro.loading import load_model_and_processor
 
     torch.manual_seed(0)
+    if args.preset is not None:
+        args.model = save_preset(args.preset, args.max_pixels)
     model, processor = load_model_and_processor(args.model, device=args.device, dtype=args.dtype)
     frames = None if args.quick else (args.frames or 100)
     streams = synth_streams(args.streams, frames, args.size)

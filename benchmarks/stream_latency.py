@@ -31,6 +31,18 @@ import time
 # A Qwen2.5-VL-3B-shaped config (random weights; the vocabulary stays the tiny tokenizer's).
 PRESETS = {
     "tiny": {},
+    # About 40 M parameters: enough compute per frame on a CPU for batching across streams to show.
+    "small": dict(
+        text_hidden=512,
+        text_layers=8,
+        text_heads=8,
+        text_kv_heads=2,
+        text_intermediate=1536,
+        vision_hidden=256,
+        vision_depth=4,
+        vision_heads=4,
+        vision_intermediate=512,
+    ),
     "3b": dict(
         text_hidden=2048,
         text_layers=36,

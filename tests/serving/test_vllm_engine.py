@@ -142,6 +142,29 @@ def test_concurrent_streams_equal_one_by_one(engine, synth):
     assert [o.events for o in together] == [o.events for o in alone]
 
 
+def test_qwen3_vl_backbone(vllm_python, tmp_path):
+    """A random tiny Qwen3-VL StreamPro model (deepstack, its own weight layout) gives the PyTorch engine's events."""
+    import numpy as np
+
+    from streampro.backbones import build_tiny_backbone
+
+    # head_dim 32: vLLM's CPU attention has no kernel for the default tiny head_dim of 16.
+    tb = build_tiny_backbone("qwen3_vl", streampro=True, text_hidden=128, text_intermediate=256)
+    tb.model.save_pretrained(tmp_path)
+    tb.processor.save_pretrained(tmp_path)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (56, 56, 3), dtype=np.uint8) for _ in range(8)]
+    options = dict(window_turns=4, evict_turns=2, max_new_tokens=4, response_threshold=0.3)
+    questions = [(1.0, "What is on screen?")]
+    expected = list(tb.model.generate_stream(frames, questions, processor=tb.processor, **options))
+    with VLLMServer(tmp_path, python=vllm_python, extra_args=SERVER_ARGS) as url:
+        engine = VLLMEngine(url, tmp_path, processor=tb.processor)
+        got = list(engine.generate_stream(frames, questions, **options))
+        engine.close()
+    assert_same_events(expected, got)
+    assert sum(e.decision == "response" for e in got) > 0
+
+
 def test_session_refuses_what_vllm_cannot_do(engine):
     with pytest.raises(ValueError, match="round_decay"):
         engine.session(memory="round_decay", token_budget=100)

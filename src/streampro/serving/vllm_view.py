@@ -4,7 +4,9 @@ A StreamPro checkpoint is a Qwen2.5-VL / Qwen3-VL model with two decision tokens
 and remote code for streaming. vLLM knows the base architectures, not the remote code; the served
 view is a folder with the base ``config.json`` (the same sizes and token ids), the tokenizer with
 the decision tokens, a ``preprocessor_config.json`` with the checkpoint's own frame sizes, and the
-weights linked, not copied (their names are already the base model's).
+weights. Qwen2.5-VL weights are linked, not copied (StreamPro saves the names vLLM reads); Qwen3-VL
+weights are written again under the names of Qwen3-VL's released checkpoints (``model.visual.*``,
+``model.language_model.*``), the only layout vLLM's Qwen3-VL loader maps.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ ARCHITECTURES = {
     "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", "Qwen2_5_VLProcessor"),
     "qwen3_vl": ("Qwen3VLForConditionalGeneration", "qwen3_vl", "Qwen3VLProcessor"),
 }
+# backbone -> (old prefix, new prefix), first match wins: the weight names vLLM's loader expects
+WEIGHT_RENAMES = {"qwen3_vl": (("visual.", "model.visual."), ("model.", "model.language_model."))}
 VIEW_MARK = "streampro_view.json"  # what the view was made from (a view is refreshed when its source changes)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 
@@ -62,7 +66,10 @@ def make_vllm_view(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pat
     base.update(architectures=[architecture], model_type=model_type)
     (tmp / "config.json").write_text(json.dumps(base, indent=2) + "\n", encoding="utf-8")
     for weights in _weights(checkpoint):
-        (tmp / weights.name).symlink_to(weights)
+        if backbone in WEIGHT_RENAMES:
+            _write_renamed(weights, tmp / weights.name, WEIGHT_RENAMES[backbone])
+        else:
+            (tmp / weights.name).symlink_to(weights)
     for name in TOKENIZER_FILES:
         if (checkpoint / name).is_file():
             shutil.copyfile(checkpoint / name, tmp / name)
@@ -79,3 +86,26 @@ def make_vllm_view(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pat
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def _renamed(name: str, renames) -> str:
+    for old, new in renames:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+def _write_renamed(src: Path, dst: Path, renames) -> None:
+    """``src`` (a safetensors shard or its index) with its tensor names renamed, one shard in memory at a time."""
+    if src.name.endswith(".index.json"):
+        index = json.loads(src.read_text(encoding="utf-8"))
+        index["weight_map"] = {_renamed(k, renames): v for k, v in index["weight_map"].items()}
+        dst.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        return
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        tensors = {_renamed(k, renames): f.get_tensor(k) for k in f.keys()}
+        metadata = f.metadata()
+    save_file(tensors, str(dst), metadata=metadata)
