@@ -246,11 +246,7 @@ class VLLMStreamSession:
         self.asked = False
 
     # ---- the PyTorch engine's interface ------------------------------------------------------
-    def ask(self, question: str) -> None:
-        """A question arrives: it goes into the user turn of the next frame."""
-        if not question or not question.strip():
-            raise ValueError("question text is empty")
-        self._question = question if self._question is None else f"{self._question} {question}"
+    ask = StreamSession.ask  # the same rule: the question goes into the next frame's user turn
 
     @property
     def next_turn_index(self) -> int:
