@@ -167,3 +167,25 @@ def test_server_that_dies_while_starting_names_its_log(tiny_dir, tmp_path):
     assert os.path.isfile(log)  # kept for the user to read
     assert server.process is None
     shutil.rmtree(os.path.dirname(log))
+
+
+def test_a_failed_step_leaves_the_session_as_it_was(tiny_dir):
+    """The server fails on a frame: the session keeps its turns and its pending question (send the frame again)."""
+    from streampro.serving.vllm_session import VLLMEngine
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        engine = VLLMEngine(f"http://127.0.0.1:{server.server_address[1]}", tiny_dir)
+        engine.client.retries = 0
+        session = engine.session()
+        frame = np.zeros((32, 32, 3), np.uint8)
+        assert session.step(frame).decision == "silence"  # before the question: nothing is sent
+        session.ask("What is on screen?")
+        with pytest.raises(VLLMEngineError, match="engine dead"):
+            session.step(frame)
+        assert session.next_turn_index == 1 and session._question == "What is on screen?" and not session.asked
+        assert session.context_tokens == len(session.system_ids) + session.turns[0].num_tokens()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -260,16 +260,24 @@ class VLLMStreamSession:
         """Nothing is held for a session on the server (its cache entries age out)."""
 
     def step(self, frame) -> StreamEvent:
-        """Ingest one frame (one turn) and return the decision for it."""
+        """Ingest one frame (one turn) and return the decision for it.
+
+        A step the server fails leaves the session as it was before it, so the frame can be sent again.
+        """
         k = self.next_turn_index
         image = StreamSession._check_frame(self, frame, k)  # the same checks and messages (fps, frame size)
-        question, self._question = self._question, None
-        if question is not None:
-            self.asked = True
-        turn = self._make_turn(k, image, question)
-        self._make_room(turn)
-        self.turns.append(turn)
-        event = self._decide_and_answer(turn)
+        saved = (list(self.turns), self.dropped_turns, self.num_refreshes, self._question, self.asked)
+        try:
+            question, self._question = self._question, None
+            if question is not None:
+                self.asked = True
+            turn = self._make_turn(k, image, question)
+            self._make_room(turn)
+            self.turns.append(turn)
+            event = self._decide_and_answer(turn)
+        except BaseException:
+            self.turns, self.dropped_turns, self.num_refreshes, self._question, self.asked = saved
+            raise
         event.question = question
         event.context_tokens = self.context_tokens
         return event
