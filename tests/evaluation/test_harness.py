@@ -327,3 +327,17 @@ def test_report_json_is_written_last(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "report.json").read_text())["results"] == report["results"]
     assert (tmp_path / "plots" / "task_f1.png").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp") or ".tmp." in p.name]
+
+
+def test_a_run_from_before_a_new_config_field_resumes(tmp_path):
+    """run_config.json written before a field existed (e.g. ``engine``) reads as that field's default."""
+    from streampro.evaluation.harness import EvalConfig, check_run_config
+
+    config = EvalConfig(model="m", benchmark="b", benchmark_sha256="0", video_root="v", protocol="streampro",
+                        judge={"name": "exact"}, limit=None, fps=1.0, window_turns=200, max_new_tokens=64,
+                        response_threshold=None, max_pixels=None)
+    old = {k: v for k, v in config.to_dict().items() if k not in ("engine", "activation_model", "token_budget")}
+    (tmp_path / "run_config.json").write_text(json.dumps(old))
+    check_run_config(tmp_path, config)  # no "different arguments" error
+    with pytest.raises(ValueError, match="different arguments"):
+        check_run_config(tmp_path, EvalConfig(**{**config.to_dict(), "engine": "vllm"}))

@@ -23,7 +23,7 @@ from streampro.errors import UserError
 # name -> (module, one-line help). Add a line here when a command lands.
 COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("streampro.cli.evaluate", "Stream a model over a benchmark (resumable, sharded) and report StreamPro-F1."),
-    "train": ("streampro.cli.train", "Train: `streampro train sft|grpo --config RECIPE.yaml` (CB-Stream SFT, GRPO)."),
+    "train": ("streampro.cli.train", "Train: `streampro train sft|grpo|activation --config RECIPE.yaml` (CB-Stream SFT, GRPO, activation model)."),
     "demo": ("streampro.cli.demo", "Stream a StreamPro-Synth test clip with the embedded model (offline, seconds)."),
     "stream": ("streampro.cli.stream", "Stream a video through a StreamPro model; print responses as they happen."),
     "convert-backbone": ("streampro.cli.convert_backbone", "Turn a base Qwen2.5-VL / Qwen3-VL checkpoint into a StreamPro one."),

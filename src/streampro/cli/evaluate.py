@@ -28,7 +28,7 @@ from streampro.metrics.inputs import add_judge_arguments  # stdlib-only module: 
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_CHOICES = ("streampro", "decision-tree")  # = protocols.PROTOCOLS (not imported: torch)
+PROTOCOL_CHOICES = ("streampro", "decision-tree", "activation")  # = protocols.PROTOCOLS (not imported: torch)
 SUITE_CHOICES = ("ovo-bench", "streamingbench", "proactivevideoqa")  # = metrics.official.BENCHMARKS (tested)
 
 
@@ -48,13 +48,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video-root", required=True, type=Path, help="Folder the references' 'video' paths are relative to.")
     parser.add_argument("--out", required=True, type=Path, help="Run directory (created; an existing one is resumed).")
     parser.add_argument("--protocol", default="streampro", choices=PROTOCOL_CHOICES,
-                        help="streampro: decision tokens; decision-tree: docs/method.md §3 protocol for offline models.")
+                        help="streampro: decision tokens; decision-tree: docs/method.md §3 protocol for offline models; "
+                             "activation: StreamBridge's activation model decides when --model answers (docs/activation.md).")
+    parser.add_argument("--activation-model", type=Path, metavar="DIR",
+                        help="--protocol activation: the activation model (`streampro train activation`); --model "
+                             "(default: the embedded model) is the answerer.")
+    parser.add_argument("--token-budget", type=int, metavar="N",
+                        help="--protocol activation: the answerer's memory budget in tokens (default 16384); older "
+                             "frames are pooled first (round-decayed compression, docs/activation.md).")
     parser.add_argument("--limit", type=int,
                         help="Evaluate only the first N samples of the benchmark (of each task with --benchmark-suite).")
     parser.add_argument("--fps", type=float, default=1.0, help="Frames (turns) per second (default 1).")
     parser.add_argument("--window-turns", type=int,
                         help="streampro: turns kept in context (default 200); decision-tree: recent frames "
-                             "shown at each step (default 8).")
+                             "shown at each step (default 8); activation: frames the activation model reads (default 16).")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="Longest answer in tokens (default 64).")
     parser.add_argument("--response-threshold", type=float,
                         help="Respond when p_response (decision-tree: p_yes) >= P instead of the arg-max decision.")
@@ -100,7 +107,7 @@ def _check_args(args) -> None:
     """Raise :class:`UserError` for an option out of range (named by its flag)."""
     at_least_one = {"--limit": args.limit, "--window-turns": args.window_turns,
                     "--max-new-tokens": args.max_new_tokens, "--num-processes": args.num_processes,
-                    "--batch-streams": args.batch_streams}
+                    "--batch-streams": args.batch_streams, "--token-budget": args.token_budget}
     for flag, value in at_least_one.items():
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: must be >= 1", f"pass a positive {flag}")
@@ -130,6 +137,15 @@ def _check_args(args) -> None:
     if args.model is not None and not (args.model / "config.json").is_file():
         raise UserError(f"--model {args.model}: not a checkpoint directory (no config.json)",
                         "pass a StreamPro checkpoint directory, or leave --model out for the embedded model")
+    if args.protocol == "activation" and args.activation_model is None:
+        raise UserError("--protocol activation needs --activation-model DIR",
+                        "pass the output_dir of `streampro train activation`")
+    if args.protocol != "activation" and (args.activation_model is not None or args.token_budget is not None):
+        raise UserError("--activation-model / --token-budget are options of --protocol activation",
+                        "add --protocol activation, or leave them out")
+    if args.activation_model is not None and not (args.activation_model / "config.json").is_file():
+        raise UserError(f"--activation-model {args.activation_model}: not a checkpoint directory (no config.json)",
+                        "pass the output_dir of `streampro train activation`")
     if args.model is None and args.protocol == "decision-tree":
         raise UserError("--protocol decision-tree needs --model",
                         "pass --model DIR, a plain Qwen2.5-VL / Qwen3-VL checkpoint")
@@ -167,6 +183,7 @@ def reference_files(paths: list[Path]) -> list[Path]:
 
 
 def build_config(args):
+    from streampro.evaluation.activation import ACTIVATION_TOKEN_BUDGET
     from streampro.evaluation.harness import EvalConfig, file_sha256, files_sha256
     from streampro.evaluation.protocols import default_window
     from streampro.loading import default_model_dir
@@ -193,6 +210,8 @@ def build_config(args):
         shuffle_frames=args.shuffle_frames,
         suite=args.benchmark_suite,
         engine=args.engine,
+        activation_model=str(args.activation_model.resolve()) if args.activation_model is not None else None,
+        token_budget=(args.token_budget or ACTIVATION_TOKEN_BUDGET) if args.protocol == "activation" else None,
     )
 
 
@@ -215,6 +234,7 @@ def launch_argv(args) -> list[str]:
         "--judge-cache": args.judge_cache, "--judge-concurrency": args.judge_concurrency,
         "--judge-timeout": args.judge_timeout, "--judge-retries": args.judge_retries,
         "--engine": args.engine, "--vllm-url": args.vllm_url,
+        "--activation-model": args.activation_model, "--token-budget": args.token_budget,
     }
     for flag, value in options.items():
         if value is not None:

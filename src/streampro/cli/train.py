@@ -1,6 +1,7 @@
 """``streampro train STAGE ...``: run a training stage script with its own (TRL) argument parser.
 
     streampro train sft --config recipes/sft/tiny_synth_cpu.yaml [--field value ...]
+    streampro train activation --config recipes/activation/tiny_synth_cpu.yaml
 
 Everything after the stage name goes unparsed to the stage's ``main(argv)`` (a ``TrlParser``, see
 :mod:`streampro.trainer.script`): ``streampro train sft --help`` lists the StreamPro fields,
@@ -17,6 +18,8 @@ import importlib
 STAGES: dict[str, tuple[str, str]] = {
     "sft": ("streampro.trainer.sft", "Supervised fine-tuning with the CB-Stream loss (docs/method.md §4)."),
     "grpo": ("streampro.trainer.grpo", "GRPO over whole streaming trajectories with multi-grained rewards (docs/method.md §5)."),
+    "activation": ("streampro.trainer.activation",
+                   "StreamBridge's activation model: a per-frame 'respond now?' score trained with BCE (docs/activation.md)."),
 }
 
 

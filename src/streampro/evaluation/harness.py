@@ -37,7 +37,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from streampro.errors import UserError
@@ -88,6 +88,9 @@ class EvalConfig:
     suite: str | None = None
     # The engine the model runs on: "pytorch" (in this process) or "vllm" (a vLLM server, docs/vllm.md).
     engine: str = "pytorch"
+    # --protocol activation (docs/activation.md): the activation checkpoint and the answerer's token budget.
+    activation_model: str | None = None
+    token_budget: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -180,6 +183,9 @@ def check_run_config(out_dir: Path, config: EvalConfig) -> None:
     remove_stale_temporaries(out_dir)  # what a killed run was writing; it is written again
     if path.exists():
         stored = json.loads(path.read_text(encoding="utf-8"))
+        # A field added since the run started has its default there (e.g. engine="pytorch").
+        defaults = {f.name: f.default for f in fields(EvalConfig) if f.default is not MISSING}
+        stored = {**defaults, **stored}
         diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
         if diff:
             raise UserError(
@@ -542,6 +548,7 @@ def run_shard(config: EvalConfig, references: list[dict], out_dir: Path, dist: D
     protocol = build_protocol(
         config.protocol, config.model, device=dist.device, fps=config.fps, window_turns=config.window_turns,
         max_new_tokens=config.max_new_tokens, response_threshold=config.response_threshold, vllm_url=vllm_url,
+        activation_model=config.activation_model, token_budget=config.token_budget,
     )
     video_root = Path(config.video_root)
     writer = RecordWriter(own)

@@ -1,6 +1,6 @@
 """How a model turns one video stream and one question into timed answers.
 
-Two protocols share one interface, ``protocol.run(frames, question, question_time) ->
+The protocols share one interface, ``protocol.run(frames, question, question_time) ->
 SampleOutput`` (predictions ``[{time, text}]`` for StreamPro-F1 plus compact per-frame events):
 
 - :class:`StreamProProtocol` — a StreamPro checkpoint streamed with its own decision tokens
@@ -10,6 +10,8 @@ SampleOutput`` (predictions ``[{time, text}]`` for StreamPro-F1 plus compact per
   the question nothing happens; from the question's turn on, every frame asks the model whether
   the frames so far suffice to answer without guessing. No → "wait". Yes → the model answers,
   and the answer is emitted only when it differs from its previous answer.
+- ``ActivationProtocol`` (:mod:`streampro.evaluation.activation`, docs/activation.md) — StreamBridge's
+  activation model decides when, a plain answerer answers from a round-decayed memory buffer.
 
 Decisions of the decision-tree protocol (documented in docs/evaluation.md):
 
@@ -52,7 +54,7 @@ from streampro.modeling_streampro.time_streampro import time_tag, turn_index_for
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = ("streampro", "decision-tree")
+PROTOCOLS = ("streampro", "decision-tree", "activation")  # activation: streampro.evaluation.activation
 # Recent frames shown to an offline model at each step of the decision-tree protocol.
 DECISION_TREE_WINDOW = 8
 # The streaming window of docs/method.md §1 (dialogue turns kept in context).
@@ -466,8 +468,12 @@ class DecisionTreeProtocol:
 
 
 def build_protocol(name: str, model_dir: str | Path | None, *, device, fps: float, window_turns: int,
-                   max_new_tokens: int, response_threshold: float | None, vllm_url: str | None = None):
-    """Load the model for protocol ``name`` and wrap it (``vllm_url``: the StreamPro protocol on that vLLM server)."""
+                   max_new_tokens: int, response_threshold: float | None, vllm_url: str | None = None,
+                   activation_model: str | Path | None = None, token_budget: int | None = None):
+    """Load the model for protocol ``name`` and wrap it (``vllm_url``: the StreamPro protocol on that vLLM server).
+
+    ``activation_model`` / ``token_budget``: the activation protocol's scorer checkpoint and answerer budget.
+    """
     if vllm_url is not None:
         if name != "streampro":
             raise ValueError(f"--engine vllm runs the streampro protocol, not {name!r}")
@@ -487,9 +493,19 @@ def build_protocol(name: str, model_dir: str | Path | None, *, device, fps: floa
         model, processor = load_baseline(model_dir, device)
         return DecisionTreeProtocol(model, processor, fps=fps, window_frames=window_turns,
                                     max_new_tokens=max_new_tokens, response_threshold=response_threshold)
+    if name == "activation":
+        from streampro.evaluation.activation import build_activation_protocol
+
+        return build_activation_protocol(model_dir, activation_model, device=device, fps=fps, window_frames=window_turns,
+                                         max_new_tokens=max_new_tokens, threshold=response_threshold,
+                                         token_budget=token_budget)
     raise ValueError(f"unknown protocol {name!r}; use one of {list(PROTOCOLS)}")
 
 
 def default_window(protocol: str) -> int:
-    """``--window-turns`` when not given: 200 turns (docs/method.md §1) or the decision-tree frame window."""
+    """``--window-turns`` when not given: 200 turns (docs/method.md §1), the decision-tree or the activation frame window."""
+    if protocol == "activation":
+        from streampro.evaluation.activation import ACTIVATION_WINDOW
+
+        return ACTIVATION_WINDOW
     return STREAMPRO_WINDOW if protocol == "streampro" else DECISION_TREE_WINDOW
