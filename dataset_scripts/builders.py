@@ -28,6 +28,10 @@ Placement rules of the SFT builder (counted in the summary, never silent):
   last turn.
 - ``merged_same_turn``: two responses on one turn become one, texts joined with ``"; "`` in t* order.
 - ``no_response_left`` / ``question_after_last_turn``: the sample yields no record.
+
+Training windows (``--window-turns W --window-stride S``, docs/training.md): a stream longer than
+the engine's window is cut into the contexts the engine holds after each slide
+(:func:`engine_windows`, :func:`window_records`), so training sees what inference sees.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 MERGE_SEPARATOR = "; "
 KINDS = ("sft", "rl", "bench")
+# The engine's window (SessionOptions.window_turns; evict_turns defaults to a quarter of it).
+DEFAULT_WINDOW_TURNS = 200
 
 
 def _response_text(task: str, answer: dict) -> str:
@@ -115,6 +121,82 @@ def build_sft_record(raw_sample: dict, fps: float = 1.0, stats: Counter | None =
     }
 
 
+def default_window_stride(window_turns: int) -> int:
+    """The engine's default ``evict_turns`` for a window of ``window_turns`` (docs/engine.md)."""
+    return max(1, window_turns // 4)
+
+
+def engine_windows(num_turns: int, pinned: set[int] | frozenset[int], window_turns: int,
+                   evict_turns: int) -> list[tuple[list[int], int, int]]:
+    """The contexts of the engine's ``memory="window"`` policy over a stream: ``[(kept, start, end)]``.
+
+    Replays ``StreamSession._maybe_make_room`` (docs/engine.md, "Memory policies"): the context
+    holds every pinned (question) turn and at most ``window_turns`` others; before a turn that
+    would exceed that, the oldest ``evict_turns`` unpinned turns leave. Each item is one slide:
+    ``kept`` the turns left in the context by the slide (before turn ``start``), then the engine
+    decides turns ``start .. end - 1`` on top of them until the next slide. The first item has
+    ``kept == []`` and ``start == 0``; a stream that never slides gives one item.
+    """
+    if window_turns < 1 or not 1 <= evict_turns <= window_turns:
+        raise ValueError(f"need window_turns >= 1 and 1 <= window stride <= window_turns, got {window_turns} and "
+                         f"{evict_turns}")
+    out, kept, start = [], [], 0
+    turns: list[int] = []
+    unpinned = 0
+    for k in range(num_turns):
+        new_unpinned = 0 if k in pinned else 1
+        if unpinned + new_unpinned > window_turns:
+            out.append((kept, start, k))
+            drop = set([t for t in turns if t not in pinned][:evict_turns])
+            turns = [t for t in turns if t not in drop]
+            unpinned -= len(drop)
+            kept, start = list(turns), k
+        turns.append(k)
+        unpinned += new_unpinned
+    out.append((kept, start, num_turns))
+    return out
+
+
+def window_records(record: dict, window_turns: int, window_stride: int | None = None,
+                   stats: Counter | None = None) -> list[dict]:
+    """``record`` cut into the engine's contexts when it is longer than the window, else ``[record]``.
+
+    Each window record is ``record`` with ``id`` ``"{id}#w{j}"``, the questions and responses on its
+    turns, and ``window = {"turns": [...], "label_from": start}``: the kept turns, then turns
+    ``start .. end - 1`` (:func:`engine_windows`). The collator encodes exactly those turns, each
+    with its own time tag, and supervises only turns ``>= label_from``: the kept ones are context
+    with their ground-truth assistant turns as inputs (teacher forcing). ``num_turns``, ``duration``
+    and ``video`` stay the stream's (frames are decoded, and cached, per stream). A window whose
+    turns are all before the first question has nothing to supervise and is dropped
+    (``windows_before_question``).
+    """
+    stats = stats if stats is not None else Counter()
+    window_stride = default_window_stride(window_turns) if window_stride is None else window_stride
+    pinned = frozenset(int(q["turn"]) for q in record["questions"])
+    slides = engine_windows(int(record["num_turns"]), pinned, window_turns, window_stride)
+    if len(slides) == 1:
+        return [record]
+    first_question = min(pinned)
+    out = []
+    for j, (kept, start, end) in enumerate(slides):
+        if end <= first_question:
+            stats["windows_before_question"] += 1
+            continue
+        turns = kept + list(range(start, end))
+        in_window = set(turns)
+        out.append({
+            **record,
+            "id": f"{record['id']}#w{j}",
+            "questions": [q for q in record["questions"] if q["turn"] in in_window],
+            "responses": [r for r in record["responses"] if r["turn"] in in_window],
+            "window": {"turns": turns, "label_from": start},
+        })
+    stats["windowed_streams"] += 1
+    stats["windows"] += len(out)
+    stats["window_context_turns"] += sum(len(r["window"]["turns"]) for r in out)
+    return out
+
+
 def build_rl_sample(raw_sample: dict, fps: float = 1.0) -> dict:
     """An RL sample: the reference fields plus ``fps``, ``system`` and an empty ``rubric`` slot."""
     sample = to_reference(raw_sample)
@@ -124,12 +206,20 @@ def build_rl_sample(raw_sample: dict, fps: float = 1.0) -> dict:
     return sample
 
 
-def build_records(kind: str, samples: list[dict], fps: float = 1.0, stats: Counter | None = None) -> list[dict]:
-    """Build ``kind`` (sft, rl or bench) rows from validated raw samples."""
+def build_records(kind: str, samples: list[dict], fps: float = 1.0, stats: Counter | None = None, *,
+                  window_turns: int | None = None, window_stride: int | None = None) -> list[dict]:
+    """Build ``kind`` (sft, rl or bench) rows from validated raw samples.
+
+    ``window_turns`` (sft only; None or 0: whole streams) cuts streams longer than the engine's
+    window into its contexts (:func:`window_records`), ``window_stride`` turns apart (default: the
+    engine's ``evict_turns``, a quarter of the window).
+    """
     stats = stats if stats is not None else Counter()
     if kind == "sft":
-        records = [build_sft_record(s, fps, stats) for s in samples]
-        return [r for r in records if r is not None]
+        records = [r for r in (build_sft_record(s, fps, stats) for s in samples) if r is not None]
+        if not window_turns:
+            return records
+        return [w for r in records for w in window_records(r, window_turns, window_stride, stats)]
     if kind == "rl":
         stats["records"] += len(samples)
         return [build_rl_sample(s, fps) for s in samples]
@@ -160,11 +250,34 @@ _CARD_INTRO = {
 _SPLIT_NAME = re.compile(r"^\w+$")
 
 
+def _window_note(window_turns: int, window_stride: int | None) -> str:
+    if not window_turns:
+        return ""
+    return (f", streams longer than {window_turns} turns cut into training windows {window_stride} turns apart "
+            "(`window`: the turns in context and the first supervised turn)")
+
+
 def build(kind: str, raw_path: str | os.PathLike, out_dir: str | os.PathLike, *, split: str = "train",
-          fps: float = 1.0, progress: bool = True) -> Counter:
-    """Build ``OUT/{split}.jsonl`` of ``kind`` from a raw JSONL file and (re)write the card."""
+          fps: float = 1.0, progress: bool = True, window_turns: int | None = None,
+          window_stride: int | None = None) -> Counter:
+    """Build ``OUT/{split}.jsonl`` of ``kind`` from a raw JSONL file and (re)write the card.
+
+    ``window_turns`` / ``window_stride``: SFT training windows (:func:`build_records`); recorded
+    in the folder's manifest, so every split of a folder is cut the same way.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown build kind {kind!r}; use one of {list(KINDS)}")
+    window_turns = window_turns or 0
+    if window_turns < 0:
+        raise ValueError(f"window turns must be >= 0 (0: whole streams), got {window_turns}")
+    if window_turns and kind != "sft":
+        raise ValueError(f"training windows apply to sft records only, not {kind}")
+    if window_turns:
+        window_stride = default_window_stride(window_turns) if window_stride is None else window_stride
+        if not 1 <= window_stride <= window_turns:
+            raise ValueError(f"window stride must be in [1, window turns = {window_turns}], got {window_stride}")
+    else:
+        window_stride = None
     if not _SPLIT_NAME.match(split):
         raise ValueError(f"split name {split!r} must be letters, digits or underscores (e.g. train, test)")
     if not fps > 0:
@@ -175,17 +288,21 @@ def build(kind: str, raw_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     stats: Counter = Counter(raw_samples=len(samples))
     rows = []
     for sample in tqdm(samples, desc=f"build {kind}", unit="sample", disable=not progress):
-        rows += build_records(kind, [sample], fps, stats)
+        rows += build_records(kind, [sample], fps, stats, window_turns=window_turns, window_stride=window_stride)
     out_dir = Path(out_dir)
-    # One kind and fps per folder (dataset_scripts/manifest.py); files of a killed build are cleaned up.
+    # One kind, fps (and, for sft, windowing) per folder (dataset_scripts/manifest.py); files of a
+    # killed build are cleaned up.
     settings = {"kind": kind, "fps": float(fps)}
-    manifest.begin(out_dir, "data build", settings, data_entries=())
+    if kind == "sft":
+        settings.update(window_turns=window_turns, window_stride=window_stride)
+    manifest.begin(out_dir, "data build", settings, data_entries=(), compare=_differing_settings)
     manifest.remove_stale_temporaries(out_dir)
     write_jsonl(out_dir / f"{split}.jsonl", rows)
     splits = {p.stem: p.name for p in sorted(out_dir.glob("*.jsonl"))}
     sources = sorted({str(s.get("source") or "unknown") for s in samples})
     body = (
-        f"{_CARD_INTRO[kind]}\n\nBuilt by `streampro data build {kind}` at {fps:g} fps.\n\n"
+        f"{_CARD_INTRO[kind]}\n\nBuilt by `streampro data build {kind}` at {fps:g} fps"
+        f"{_window_note(window_turns, window_stride)}.\n\n"
         "## License\n\nThe rows keep the licence of their source annotations (and the videos that of "
         f"their owners). Sources of the latest build: {', '.join(f'`{s}`' for s in sources)}. Several "
         "public sets StreamPro converts are released for non-commercial research only (CC BY-NC-SA or "
@@ -200,6 +317,13 @@ def build(kind: str, raw_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     manifest.write_text_atomic(out_dir / "README.md", card)
     manifest.finish(out_dir, "data build", settings)
     return stats
+
+
+def _differing_settings(old: dict, new: dict) -> list[str]:
+    """The settings two builds disagree on; another kind is reported alone (its other settings follow from it)."""
+    if old.get("kind") != new.get("kind"):
+        return ["kind"]
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
 def format_stats(stats: Counter) -> str:

@@ -49,9 +49,10 @@ def features(kind: str):
         return Features({**reference, "fps": seconds, "system": string, "rubric": List(rubric_item)})
     if kind == "sft":
         turn = {"turn": Value("int64"), "time": seconds, "text": string}
+        window = {"turns": List(Value("int64")), "label_from": Value("int64")}  # null: the whole stream
         return Features({"id": string, "task": string, "video": string, "duration": seconds, "fps": seconds,
                          "num_turns": Value("int64"), "system": string, "questions": List(turn),
-                         "responses": List(turn)})
+                         "responses": List(turn), "window": window})
     raise ValueError(f"unknown dataset kind {kind!r}; use one of {list(KINDS)}")
 
 
@@ -61,6 +62,8 @@ def _typed_row(kind: str, row: dict) -> dict:
     if kind in ("bench", "rl"):
         row = {**row, "answers": [{"text": a["text"], **{k: a.get(k) for k in ("time", "start", "end")}}
                                   for a in row["answers"]]}
+    if kind == "sft":
+        row = {"window": None, **row}  # only training windows (`data build sft --window-turns`) carry one
     if kind == "rl" and row.get("rubric") is not None:
         row["rubric"] = [{**item, "rubric_id": str(item["rubric_id"])} for item in row["rubric"]]
     return row
@@ -143,7 +146,8 @@ shard holds the same rows for the `streampro` commands. Times are seconds from t
   `{rubric_id, dimension, rubric}` written by `streampro data rubrics`).
 - **sft** (streaming conversations): `id`, `task`, `video`, `duration`, `fps`, `num_turns`, `system`,
   `questions` and `responses` — lists of `{turn, time, text}`; turn k shows the frame at
-  `(k + 1) / fps` s; every turn without a response is `</Silence>`.
+  `(k + 1) / fps` s; every turn without a response is `</Silence>`; `window` is null, or for a
+  training window of a longer stream `{turns, label_from}`: the turns in context and the first supervised one.
 - `video` is a path relative to this folder (not the `datasets` Video feature: its decoder,
   torchcodec, ships CUDA-only wheels that do not load with a CPU torch). Read frames with
   `streampro.video`, or join the folder path and open the file with any decoder.

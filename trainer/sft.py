@@ -29,9 +29,13 @@ logger = logging.getLogger(__name__)
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def load_model(name: str, tiny_seed: int = 0, dtype: str | None = None):
+def load_model(name: str, tiny_seed: int = 0, dtype: str | None = None, attn_implementation: str | None = None):
     """(model, processor) from a StreamPro checkpoint: a local directory, a Hub repo id
-    (``org/name``, downloaded or read from the Hugging Face cache), or ``tiny:<backbone>``."""
+    (``org/name``, downloaded or read from the Hugging Face cache), or ``tiny:<backbone>``.
+
+    ``attn_implementation`` (``sdpa``, ``eager``, ``flash_attention_2``, ...; None: transformers'
+    default) — packed streams on a GPU want ``flash_attention_2`` (varlen kernel, no ΣL² mask).
+    """
     import torch
 
     if name.startswith("tiny:"):
@@ -41,6 +45,8 @@ def load_model(name: str, tiny_seed: int = 0, dtype: str | None = None):
         if backbone not in BACKBONES:
             raise ValueError(f"model {name!r}: unknown tiny backbone; use one of {[f'tiny:{b}' for b in BACKBONES]}")
         tb = build_tiny_backbone(backbone, seed=tiny_seed, streampro=True)
+        if attn_implementation is not None:
+            tb.model.set_attn_implementation(attn_implementation)
         return tb.model, tb.processor
     from streampro.modeling_streampro.modeling_streampro import StreamProForConditionalGeneration
     from streampro.modeling_streampro.processing_streampro import StreamProProcessor
@@ -48,7 +54,8 @@ def load_model(name: str, tiny_seed: int = 0, dtype: str | None = None):
     check_model_name(name)
     # No device move here: Trainer places the model (and DeepSpeed ZeRO-3 partitions it at load time).
     torch_dtype = torch.float32 if dtype in (None, "auto") else getattr(torch, dtype)
-    model = StreamProForConditionalGeneration.from_pretrained(name, dtype=torch_dtype)  # strict loading
+    extra = {"attn_implementation": attn_implementation} if attn_implementation is not None else {}
+    model = StreamProForConditionalGeneration.from_pretrained(name, dtype=torch_dtype, **extra)  # strict loading
     return model, StreamProProcessor.from_pretrained(name, trust_remote_code=True)
 
 
@@ -140,7 +147,11 @@ def load_records(path: str, limit: int | None = None):
     rows = [row for _, row in iter_jsonl(path)]
     if not rows:
         raise ValueError(f"SFT records file {path} holds no records")
-    return Dataset.from_list(rows[:limit] if limit is not None else rows)
+    rows = rows[:limit] if limit is not None else rows
+    if any("window" in row for row in rows):
+        # Dataset.from_list takes its columns from the first row: give every row the training-window field.
+        rows = [{"window": None, **row} for row in rows]
+    return Dataset.from_list(rows)
 
 
 def build_trainer(script_args, training_args, model_args):
@@ -148,13 +159,15 @@ def build_trainer(script_args, training_args, model_args):
     from streampro.dataset_scripts.collator import StreamingSFTCollator
     from streampro.trainer.sft_trainer import StreamProSFTTrainer
 
-    model, processor = load_model(script_args.model, script_args.tiny_seed, model_args.dtype)
+    model, processor = load_model(script_args.model, script_args.tiny_seed, model_args.dtype,
+                                  model_args.attn_implementation)
     model.train()
     collator = StreamingSFTCollator(
         processor,
         frames_root=script_args.frames_root,
         frame_cache_dir=script_args.frame_cache_dir,
         max_pixels=script_args.max_pixels,
+        pack=training_args.pack_streams,
     )
     train = load_records(script_args.train_file, script_args.max_train_samples)
     evals = load_records(script_args.eval_file) if script_args.eval_file else None

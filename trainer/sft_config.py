@@ -25,7 +25,8 @@ class StreamProSFTConfig(ActivationCheckpointingByDefault, SFTConfig):
     Re-defaulted: ``learning_rate`` 1e-5 (the paper's), ``remove_unused_columns=False`` and
     ``dataset_kwargs={"skip_prepare_dataset": True}`` (records go untouched to the streaming
     collator, which decodes frames itself), ``max_length=None`` (streams are never truncated: a
-    cut stream would drop image features), ``logging_steps`` 1.
+    cut stream would drop image features; training windows bound them instead), ``logging_steps`` 1.
+    TRL's ``packing`` / ``padding_free`` are refused: ``pack_streams`` packs whole streams.
     """
 
     loss_type: str = field(
@@ -61,6 +62,30 @@ class StreamProSFTConfig(ActivationCheckpointingByDefault, SFTConfig):
             "help": "With freeze_vision, also freeze the merger/projector: the whole vision tower stays fixed. For a "
             "randomly initialised tiny tower (streampro reproduce) a fixed random-feature encoder keeps frames "
             "apart, while training it at a tiny model's learning rate collapsed its features (docs/reproduce.md)."
+        },
+    )
+    pack_streams: bool = field(
+        default=False,
+        metadata={
+            "help": "Padding-free packing: concatenate each micro-batch's streams into one row with per-stream "
+            "positions; attention stays inside each stream (block-diagonal mask with sdpa/eager, FlashAttention "
+            "varlen with attn_implementation=flash_attention_2). Same loss and gradients as padding "
+            "(docs/training.md, 'Packing'). TRL's own packing / padding_free do not apply to streaming records."
+        },
+    )
+    max_tokens_per_batch: int | None = field(
+        default=None,
+        metadata={
+            "help": "Token budget: fill each training micro-batch with records up to this many tokens (their sum when "
+            "pack_streams, else batch size × longest), length-sorted, every record once per epoch; replaces "
+            "per_device_train_batch_size for training (docs/training.md, 'Token budgets')."
+        },
+    )
+    length_bucket_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "With max_tokens_per_batch: sort by length within buckets of this many shuffled records "
+            "(default: the whole dataset, the least padding)."
         },
     )
     learning_rate: float = field(default=1e-5, metadata={"help": "Initial AdamW learning rate (paper: 1e-5)."})
@@ -100,11 +125,21 @@ class StreamProSFTConfig(ActivationCheckpointingByDefault, SFTConfig):
             )
         if self.max_length is not None:
             raise ValueError(
-                f"max_length must be None (got {self.max_length}): a truncated stream loses image tokens; "
-                "shorten streams with fewer turns or smaller frames (max_pixels) instead"
+                f"max_length must be None (got {self.max_length}): a truncated stream loses image tokens; bound "
+                "stream lengths with training windows (`streampro data build sft --window-turns W`) and micro-batches "
+                "with max_tokens_per_batch, or use smaller frames (max_pixels)"
             )
         if self.packing or self.padding_free:
-            raise ValueError("packing / padding_free are not supported for streaming conversations; set them to false")
+            raise ValueError(
+                "TRL's packing / padding_free do not apply to streaming records (they pack tokenised text); set them "
+                "to false and use pack_streams: true (padding-free packing of whole streams, docs/training.md)"
+            )
+        if self.max_tokens_per_batch is not None and self.max_tokens_per_batch < 1:
+            raise ValueError(f"max_tokens_per_batch must be >= 1 (or null: fixed batch sizes), got "
+                             f"{self.max_tokens_per_batch}")
+        if self.length_bucket_size is not None and self.length_bucket_size < 1:
+            raise ValueError(f"length_bucket_size must be >= 1 (or null: the whole dataset), got "
+                             f"{self.length_bucket_size}")
 
 
 @dataclass

@@ -9,6 +9,9 @@ freezes the vision tower when asked, lets ``SFTTrainer`` validate its own ``loss
 and tells ``Trainer`` that this loss takes ``num_items_in_batch``. ``_load_from_checkpoint``
 fixes resuming (Trainer's loader silently skips transformers 5's renamed Qwen-VL weights).
 ``create_model_card`` / ``save_model`` write StreamPro's model card instead of TRL's.
+``get_train_dataloader`` fills micro-batches up to ``max_tokens_per_batch`` tokens when set
+(docs/training.md, "Token budgets"). Packed micro-batches (``pack_streams``, one row, per-stream
+positions) need nothing here: the class counts are over the micro-batch's streams either way.
 
 Pinned to trl==1.16.0 (the fused LM head outputs and ``_metrics`` are TRL internals).
 """
@@ -90,6 +93,65 @@ def stream_token_weights(
     raise ValueError(f"unknown loss_type {loss_type!r}; expected 'cb_stream', 'focal' or 'ce'")
 
 
+# Attention for packed rows (pack_streams) with SDPA: one causal SDPA call per stream instead of one call
+# over the whole row with a (ΣL)² block-diagonal mask (docs/training.md, "Packing").
+PACKED_SDPA = "streampro_packed_sdpa"
+
+
+def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                          position_ids=None, **kwargs):
+    """SDPA that runs each stream of a packed row on its own, causal; plain SDPA for everything else.
+
+    A packed row is recognised as transformers does (``find_packed_sequence_indices``): one row,
+    no mask, and text ``position_ids`` that restart at 0 where a stream starts. Each stream then
+    gets ``is_causal=True`` without a mask (PyTorch's fused kernels, memory O(L) instead of the
+    (ΣL)² mask, and Σ L_i² work instead of (ΣL)²). Attention never crosses a stream, exactly like
+    the block-diagonal mask (tested against it and against padding).
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    n = query.shape[2]
+    if attention_mask is None and position_ids is not None and query.shape[0] == 1 and key.shape[2] == n > 1:
+        starts = (position_ids.reshape(-1)[:n] == 0).nonzero().flatten().tolist()
+        if starts and (len(starts) > 1 or starts[0] != 0):
+            bounds = sorted({0, *starts, n})
+            outs = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
+                                           dropout=dropout, scaling=scaling, is_causal=True)[0]
+                    for a, b in zip(bounds, bounds[1:])]
+            return torch.cat(outs, dim=1), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  is_causal=is_causal, **kwargs)
+
+
+def packed_sdpa_mask(*args, attention_mask=None, allow_is_causal_skip=True, q_length=None, kv_length=None,
+                     q_offset=0, kv_offset=0, **kwargs):
+    """``sdpa_mask``, except no mask at all where transformers would build a packed row's block-diagonal one.
+
+    For Qwen-VL's text models a causal mask that may not be skipped while there is no padding mask,
+    no cache offset and as many keys as queries only arises from packed rows; the attention then
+    keeps each stream apart itself (:func:`packed_sdpa_attention`).
+    """
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None and not allow_is_causal_skip and q_length == kv_length and not q_offset and not kv_offset:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, allow_is_causal_skip=allow_is_causal_skip,
+                     q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset, **kwargs)
+
+
+def use_packed_sdpa(model: torch.nn.Module) -> bool:
+    """Switch an SDPA model to :data:`PACKED_SDPA` (registered with transformers on first use); True if switched."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    if model.config._attn_implementation != "sdpa":
+        return False
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+    AttentionMaskInterface.register(PACKED_SDPA, packed_sdpa_mask)
+    model.set_attn_implementation(PACKED_SDPA)
+    return True
+
+
 def freeze_vision_tower(model: torch.nn.Module, projector: bool = False) -> int:
     """Freeze ``model.model.visual`` except the projector (merger) unless ``projector``; return the number of frozen tensors."""
     frozen = 0
@@ -131,6 +193,8 @@ class StreamProSFTTrainer(SFTTrainer):
             raise TypeError("StreamProSFTTrainer needs processing_class=StreamProProcessor (it names the decision tokens)")
         self.decision_ids = (processor.silence_token_id, processor.response_token_id)
         apply_vision_freeze(model, args)
+        if args.pack_streams and use_packed_sdpa(model):
+            logger.info("pack_streams: attention %s (SDPA stream by stream)", PACKED_SDPA)
         # SFTTrainer.__init__ checks `loss_type` against its own names ('nll', 'dft'); ours replace them.
         stream_loss = args.loss_type
         args.loss_type = "nll"
@@ -155,6 +219,50 @@ class StreamProSFTTrainer(SFTTrainer):
 
         super().save_model(output_dir, _internal_call)
         write_trainer_card(self, "sft", output_dir)
+
+    def get_train_dataloader(self):
+        """With ``max_tokens_per_batch``: micro-batches filled up to that many tokens (:class:`TokenBudgetBatchSampler`).
+
+        Record lengths come from :meth:`StreamingSFTCollator.record_length` at the frame-token bound
+        of the collator's ``max_pixels`` (no video is decoded). The batch sampler is sharded over
+        processes by ``accelerator.prepare`` like any other (each rank takes every N-th micro-batch).
+        """
+        args = self.args
+        if args.max_tokens_per_batch is None:
+            return super().get_train_dataloader()
+        from functools import partial
+
+        from streampro.dataset_scripts.collator import TokenBudgetBatchSampler, frame_token_bound
+        from torch.utils.data import DataLoader
+        from transformers.trainer_utils import seed_worker
+
+        collator = self.data_collator
+        if not hasattr(collator, "record_length"):
+            raise TypeError("max_tokens_per_batch needs the StreamingSFTCollator (it measures record lengths)")
+        frame_tokens = frame_token_bound(collator.processor, collator.max_pixels)
+        lengths = [collator.record_length(r, frame_tokens) for r in self.train_dataset]
+        sampler = TokenBudgetBatchSampler(
+            lengths, args.max_tokens_per_batch, packed=collator.pack, shuffle=True,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            bucket_size=args.length_bucket_size,
+        )
+        if sampler.oversized:
+            logger.warning("%d training records are longer than max_tokens_per_batch=%d and get a micro-batch each; "
+                           "raise the budget or cut streams shorter (--window-turns)", sampler.oversized,
+                           args.max_tokens_per_batch)
+        logger.info("token budget %d: %d records in %d micro-batches", args.max_tokens_per_batch, len(lengths),
+                    len(sampler))
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers and args.dataloader_num_workers > 0,
+            prefetch_factor=args.dataloader_prefetch_factor if args.dataloader_num_workers > 0 else None,
+            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
+        )
+        return self.accelerator.prepare(loader)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Resume with the model's own strict loader (full-model checkpoints only).
@@ -245,5 +353,8 @@ class StreamProSFTTrainer(SFTTrainer):
         metrics["mean_token_accuracy"].append(n_ok / n_tok if n_tok else 0.0)
         metrics["entropy"].append(ent / n_tok if n_tok else 0.0)
         if mode == "train":
-            self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+            # A packed row (pack_streams) has no padding and no attention_mask: every token counts.
+            mask = inputs.get("attention_mask")
+            tokens = mask.sum() if mask is not None else torch.tensor(inputs["input_ids"].numel(), device=local.device)
+            self._total_train_tokens += self.accelerator.gather_for_metrics(tokens).sum().item()
             metrics["num_tokens"] = [self._total_train_tokens]

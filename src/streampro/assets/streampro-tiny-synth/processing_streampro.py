@@ -175,6 +175,8 @@ class StreamProProcessor(ProcessorMixin):
         responses: dict[int, str],
         fps: float = 1.0,
         system: str | None = None,
+        turns: list[int] | None = None,
+        label_from: int = 0,
     ) -> StreamEncoding:
         """Encode a whole streaming conversation with SFT labels (the label builder).
 
@@ -185,13 +187,24 @@ class StreamProProcessor(ProcessorMixin):
         turns, assistant headers, turns before the question (inference forces silence there),
         the ``<|im_end|>`` after ``</Silence>`` (the inference loop closes silent turns itself)
         and the newline that ends every turn.
+
+        A training window (docs/training.md): ``turns`` lists the turn indices in the context, in
+        order (default: every turn) — the engine's kept context after a slide, each turn with its
+        own time tag; only turns ``>= label_from`` are supervised, the earlier ones are context
+        whose assistant tokens are inputs. Every question and response must sit on a listed turn.
         """
         frames = list(frames)
+        turns = list(range(len(frames))) if turns is None else [int(k) for k in turns]
         if not questions:
             raise ValueError("a stream needs at least one question (questions is empty)")
-        bad = [k for k in list(questions) + list(responses) if not 0 <= k < len(frames)]
+        bad = [k for k in list(questions) + list(responses) + turns if not 0 <= k < len(frames)]
         if bad:
             raise ValueError(f"turn indices {sorted(bad)} are outside the stream of {len(frames)} frames")
+        if any(b <= a for a, b in zip(turns, turns[1:])):
+            raise ValueError(f"window turns must be strictly increasing, got {turns}")
+        missing = sorted((set(questions) | set(responses)) - set(turns))
+        if missing:
+            raise ValueError(f"questions or responses on turns {missing} that are not in the window's turns")
         first_question = min(questions)
         early = [k for k in responses if k < first_question]
         if early:
@@ -199,16 +212,16 @@ class StreamProProcessor(ProcessorMixin):
                 f"responses on turns {sorted(early)} come before the first question (turn {first_question}); "
                 "the model is silent until asked"
             )
-        vision = self.process_frames(frames)
+        vision = self.process_frames([frames[k] for k in turns])
         counts = self.num_image_tokens(vision["image_grid_thw"])
         ids: list[int] = self.encode_text(self.system_text(system))
         labels: list[int] = [-100] * len(ids)
         decision_positions: list[int] = []
-        for k, n in enumerate(counts):
+        for k, n in zip(turns, counts):
             user = self.encode_text(self.user_text(k, fps, n, questions.get(k)))
             ids += user
             labels += [-100] * len(user)
-            supervised = k >= first_question
+            supervised = k >= first_question and k >= label_from
             decision_positions += [len(ids)] if supervised else []
             response = responses.get(k)
             decision = self.response_token_id if response is not None else self.silence_token_id
@@ -217,7 +230,7 @@ class StreamProProcessor(ProcessorMixin):
             if response is not None:
                 answer = self.encode_text(response) + [self.end_of_turn_id]
                 ids += answer
-                labels += answer
+                labels += answer if supervised else [-100] * len(answer)
             else:
                 ids.append(self.end_of_turn_id)
                 labels.append(-100)
