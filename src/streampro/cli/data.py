@@ -1,7 +1,7 @@
 """``streampro data``: build StreamPro datasets.
 
     streampro data convert FORMAT ANNOTATIONS --out RAW.jsonl [--video-root DIR]
-    streampro data build {sft,rl,bench} RAW.jsonl --out DIR [--split NAME]
+    streampro data build {sft,rl,bench} RAW.jsonl --out DIR [--split NAME] [--window-turns W --window-stride S]
     streampro data synth --out DIR [--n 140] [--seed 0]
     streampro data rubrics RL.jsonl --out RL_WITH_RUBRICS.jsonl --endpoint URL --model NAME
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from streampro.dataset_scripts.builders import KINDS
+from streampro.dataset_scripts.builders import DEFAULT_WINDOW_TURNS, KINDS
 from streampro.dataset_scripts.converters import FORMATS
 from streampro.dataset_scripts.schema import TASKS
 from streampro.errors import UserError
@@ -94,6 +94,11 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="Output folder: OUT/{split}.jsonl and OUT/README.md.")
     parser.add_argument("--split", default="train", help="Split name of this file (default: train).")
     parser.add_argument("--fps", type=float, default=1.0, help="Frames (turns) per second (default: 1).")
+    parser.add_argument("--window-turns", type=int, default=None, metavar="W",
+                        help="sft: cut streams longer than W turns into the contexts the engine's window holds after "
+                        f"each slide (default {DEFAULT_WINDOW_TURNS}, the engine's window_turns; 0: whole streams).")
+    parser.add_argument("--window-stride", type=int, default=None, metavar="S",
+                        help="sft: turns between two windows, the engine's evict_turns (default W // 4).")
     _no_progress(parser)
 
 
@@ -103,7 +108,14 @@ def run_build(args: argparse.Namespace) -> int:
     if not Path(args.raw).is_file():
         raise UserError(f"{args.raw}: no such file", "pass a raw JSONL from `streampro data convert` or `data synth`")
     try:
-        stats = build(args.kind, args.raw, args.out, split=args.split, fps=args.fps, progress=not args.no_progress)
+        window = {}
+        if args.kind == "sft":
+            turns = DEFAULT_WINDOW_TURNS if args.window_turns is None else args.window_turns
+            window = {"window_turns": turns, "window_stride": args.window_stride}
+        elif args.window_turns is not None or args.window_stride is not None:
+            raise ValueError(f"--window-turns / --window-stride apply to `data build sft`, not {args.kind}")
+        stats = build(args.kind, args.raw, args.out, split=args.split, fps=args.fps, progress=not args.no_progress,
+                      **window)
     except ValueError as e:  # RawFormatError with file:line, bad --split / --fps
         raise UserError.from_exception(e, "fix the input or the option and run again") from e
     print(f"{args.kind}: {args.raw} -> {Path(args.out) / (args.split + '.jsonl')}\n{format_stats(stats)}")
