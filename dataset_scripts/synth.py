@@ -496,17 +496,108 @@ GENERATORS: dict[str, Callable[[Canvas, np.random.Generator], Clip]] = {
 assert tuple(GENERATORS) == TASKS
 
 
-def make_clip(task: str, index: int, seed: int, size: int = 112) -> Clip:
+def make_clip(task: str, index: int, seed: int, size: int = 112, silence_factor: float = 1.0) -> Clip:
     """Clip ``index`` of ``task`` (one of TASKS, CONTROL_TASK, CAPTION_TASK or MOTION_CAPTION_TASK): depends
-    only on (seed, task, index, size)."""
-    if task == CONTROL_TASK:
-        return make_cc(Canvas(size), np.random.default_rng([seed, len(TASKS), index]))
+    only on (seed, task, index, size) and, for the streaming tasks, ``silence_factor`` (:func:`stretch_clip`;
+    caption clips are never stretched)."""
     if task == CAPTION_TASK:
         return make_caption(Canvas(size), np.random.default_rng([seed, len(TASKS) + 1, index]))
     if task == MOTION_CAPTION_TASK:
         return make_motion_caption(Canvas(size), np.random.default_rng([seed, len(TASKS) + 2, index]))
-    rng = np.random.default_rng([seed, TASKS.index(task), index])
-    return GENERATORS[task](Canvas(size), rng)
+    code = len(TASKS) if task == CONTROL_TASK else TASKS.index(task)
+    generator = make_cc if task == CONTROL_TASK else GENERATORS[task]
+    clip = generator(Canvas(size), np.random.default_rng([seed, code, index]))
+    if silence_factor == 1:
+        return clip
+    # Its own stream of draws (four seed words), so the clip's events are those of silence_factor 1.
+    return stretch_clip(clip, silence_factor, np.random.default_rng([seed, code, index, 1]))
+
+
+# --------------------------------------------------------------------------------------------
+# The imbalance knob: longer streams, the same events (``--silence-factor``)
+# --------------------------------------------------------------------------------------------
+
+MAX_SILENCE_FACTOR = 50.0
+
+
+def _busy_spans(clip: Clip) -> list[tuple[float, float]]:
+    """Intervals [s, e) of the clip's original timeline into which no silent stretch may go.
+
+    A stretch freezes the scene, so it must not cut a labelled motion (an EU / TP step, a GP block
+    falling, the RF walk, whose constant speed times the warning) or lengthen a span the metric scores
+    (EU / TP windows start at s). TG's answer *names* its segment (``"12s - 18s"``), so its stretches
+    all come after the target disappears: its answer text stays the same.
+    """
+    meta = clip.meta
+    if clip.task == "EU":
+        return [(a["start"], a["end"]) for a in clip.answers]
+    if clip.task == "TP":
+        return [(ev["start"], ev["end"]) for ev in meta["events"]]
+    if clip.task == "GP":
+        return [(float(s), float(e)) for s, e in meta["spans"]]
+    if clip.task == "RF":
+        return [(float(meta["start_time"]), float(meta["impact_time"]))]
+    if clip.task == "TG":
+        return [(0.0, clip.answers[0]["end"])]
+    return []  # OU, AA, the control task: instantaneous changes
+
+
+def stretch_clip(clip: Clip, factor: float, rng: np.random.Generator) -> Clip:
+    """The same clip in a longer stream: about ``factor`` times its supervised silent turns, the same responses.
+
+    The supervised silent turns of a clip are its turns from the question's on that carry no response
+    (docs/method.md §4). ``round((factor - 1) * silent)`` extra seconds are split at random over the whole
+    seconds p from the question time to the end, outside :func:`_busy_spans`; at each chosen p the scene
+    at p is held (frozen) for its share of seconds — silent stretches before, between and after the
+    events. Every time of the clip (answers, event spans, ``meta`` times) moves by the seconds held before
+    it; the question time, questions and answer texts stay. ``meta["holds"]`` lists ``[p, seconds]`` on the
+    original timeline.
+    """
+    from streampro.dataset_scripts.schema import answer_time
+    from streampro.modeling_streampro.time_streampro import num_turns, turn_index_for_time
+
+    if not 1 <= factor <= MAX_SILENCE_FACTOR:
+        raise ValueError(f"--silence-factor must be in [1, {MAX_SILENCE_FACTOR:g}], got {factor}")
+    q = clip.question_time
+    responses = {turn_index_for_time(answer_time(clip.task, a)) for a in clip.answers}
+    silent = num_turns(clip.duration) - turn_index_for_time(q) - len(responses)
+    extra = int(math.floor((factor - 1) * silent + 0.5))
+    busy = _busy_spans(clip)
+    points = [p for p in range(math.ceil(q), clip.duration + 1) if not any(s <= p < e for s, e in busy)]
+    counts = rng.multinomial(extra, [1 / len(points)] * len(points)) if extra else [0] * len(points)
+    holds = [(p, int(c)) for p, c in zip(points, counts) if c]
+
+    def shift(t: float) -> float:  # a time of the clip on the stretched timeline
+        return float(t + sum(h for p, h in holds if p < t))
+
+    def original(t: float) -> float:  # the clip's time shown at stretched time t
+        offset = 0
+        for p, h in holds:
+            if t <= p + offset:
+                break
+            if t <= p + offset + h:
+                return float(p)
+            offset += h
+        return t - offset
+
+    def moved(d: dict) -> dict:
+        return {k: shift(v) if k in ("time", "start", "end") else v for k, v in d.items()}
+
+    answers = [moved(a) for a in clip.answers]
+    if clip.task == "TG":  # its answer names the segment: unchanged, because no stretch comes before its end
+        assert answers == clip.answers
+    meta = dict(clip.meta)
+    if "events" in meta:
+        meta["events"] = [moved(ev) for ev in meta["events"]]
+    if "spans" in meta:
+        meta["spans"] = [(int(shift(s)), int(shift(e))) for s, e in meta["spans"]]
+    for key in ("impact_time", "start_time"):
+        if key in meta:
+            meta[key] = type(meta[key])(shift(meta[key]))
+    meta["silence_factor"] = factor
+    meta["holds"] = [[p, h] for p, h in holds]
+    render = clip.render
+    return Clip(clip.task, clip.duration + extra, clip.question, q, answers, lambda t: render(original(t)), meta)
 
 
 def clip_frames(clip: Clip) -> list[np.ndarray]:
@@ -532,7 +623,7 @@ def per_task_counts(n: int) -> dict[str, int]:
 
 def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int = 112,
              progress: bool = True, control: int = 0, captions: int = 0, motion_captions: int = 0,
-             extra_train: int = 0, extra_validation: int = 0) -> dict:
+             extra_train: int = 0, extra_validation: int = 0, silence_factor: float = 1.0) -> dict:
     """Write StreamPro-Synth to ``out_dir``; return the statistics that the card reports.
 
     ``control`` > 0 adds that many clips of the easy control task (``CONTROL_TASK``, split 80/10/10
@@ -549,6 +640,11 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
     stay exactly those of the same ``n`` without them. ``extra_validation`` > 0 likewise adds validation
     clips, drawn after the extra training clips and written last in the validation files: a larger
     validation split makes model selection less noisy, and leaves the training and test files as they were.
+
+    ``silence_factor`` K > 1 puts every clip of the seven tasks and the control task, in every split, in a
+    longer stream (:func:`stretch_clip`): the same questions, events and answer texts, about K times the
+    supervised silent turns, so the silence-to-response ratio is K times that of K = 1. K = 1 writes
+    exactly the files of a call without it.
     """
     from tqdm import tqdm
 
@@ -563,9 +659,13 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
             raise ValueError(f"{flag} must be >= 0, got {count}")
     if not (16 <= size <= 112) or size % 2:
         raise ValueError(f"--size must be an even number of pixels in [16, 112], got {size}")
+    if not 1 <= silence_factor <= MAX_SILENCE_FACTOR:
+        raise ValueError(f"--silence-factor must be in [1, {MAX_SILENCE_FACTOR:g}], got {silence_factor}")
     out = Path(out_dir)
     settings = {"n": n, "seed": seed, "size": size, "control": control, "captions": captions,
                 "motion_captions": motion_captions, "extra_train": extra_train, "extra_validation": extra_validation}
+    stretched = {"silence_factor": silence_factor} if silence_factor != 1 else {}  # K = 1: the files of today
+    settings.update(stretched)
     # Refuse a folder of another run; resume an interrupted one (dataset_scripts/manifest.py).
     manifest.begin(out, "data synth", settings, data_entries=SYNTH_ENTRIES)
     for folder in (out, *(out / name for name in SYNTH_ENTRIES)):
@@ -597,7 +697,7 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
     pretraining = {CAPTION_TASK: ("caption", captions), MOTION_CAPTION_TASK: ("motion_caption", motion_captions)}
     extra: dict[str, dict[str, list[dict]]] = {t: {s: [] for s in SPLITS} for t in (CONTROL_TASK, *pretraining)}
     for split, task, i in tqdm(plan, desc="synth", unit="clip", disable=not progress):
-        clip = make_clip(task, i, seed, size)
+        clip = make_clip(task, i, seed, size, silence_factor)
         sample_id = f"synth-{task}-{i:05d}"
         video = f"videos/{sample_id}.mp4"
         if not (out / video).is_file():  # present: whole (moved into place once encoded) and of these settings
@@ -614,7 +714,7 @@ def generate(out_dir: str | os.PathLike, n: int = 140, seed: int = 0, size: int 
     raw_control = extra[CONTROL_TASK]
     stats: dict = {"seed": seed, "n": n, "size": size, "control": control, "captions": captions,
                    "motion_captions": motion_captions, "extra_train": extra_train, "extra_validation": extra_validation,
-                   "splits": {}, "tasks": {}}
+                   **stretched, "splits": {}, "tasks": {}}
     for split in SPLITS:
         extras = extra_raw[split]
         write_jsonl(out / "raw" / f"{split}.jsonl", raw[split] + extras)
@@ -718,10 +818,22 @@ from 1 s (a one-cell move, growing or shrinking), asked "{MOTION_CAPTION_QUESTIO
 the step's end in EU's words (`the red square moved right`). They are only in
 `raw|sft|bench/motion_caption_{{split}}.jsonl` (ids `synth-MCAP-*`, references with task `EU`).
 """
+    if stats.get("silence_factor"):
+        control += f"""
+## Longer streams (`--silence-factor {stats['silence_factor']:g}`)
+Every clip of the seven tasks and the control task is the clip of `--silence-factor 1` with silent
+stretches added: at whole seconds from the question on, outside the labelled motions (EU / TP / GP
+steps, the RF walk; for TG after the target disappears, since its answer names its segment), the
+scene is held for a random share of `round((K - 1) × S)` seconds, S the clip's silent turns from the
+question on. Questions, question times and answer texts are the same; every later time moves by the
+seconds held before it (`meta.holds`: `[second, length]` on the original timeline). The silence-to-response
+ratio from the question on is about {stats['silence_factor']:g} times that of `--silence-factor 1`
+(table below); clips are longer than {MAX_DURATION} s.
+"""
     tasks = "\n".join(f"- **{t}**: {d}." for t, d in _TASK_DOC.items())
     body = f"""\
 Procedural streaming videos with exact ground truth for the seven StreamPro tasks, generated by
-`streampro data synth --n {stats['n']} --seed {stats['seed']} --size {stats['size']}{f" --control {stats['control']}" if stats.get('control') else ""}{f" --captions {stats['captions']}" if stats.get('captions') else ""}{f" --motion-captions {stats['motion_captions']}" if stats.get('motion_captions') else ""}{f" --extra-train {stats['extra_train']}" if stats.get('extra_train') else ""}{f" --extra-validation {stats['extra_validation']}" if stats.get('extra_validation') else ""}`. Same seed, same files.
+`streampro data synth --n {stats['n']} --seed {stats['seed']} --size {stats['size']}{f" --control {stats['control']}" if stats.get('control') else ""}{f" --captions {stats['captions']}" if stats.get('captions') else ""}{f" --motion-captions {stats['motion_captions']}" if stats.get('motion_captions') else ""}{f" --extra-train {stats['extra_train']}" if stats.get('extra_train') else ""}{f" --extra-validation {stats['extra_validation']}" if stats.get('extra_validation') else ""}{f" --silence-factor {stats['silence_factor']:g}" if stats.get('silence_factor') else ""}`. Same seed, same files.
 
 Clips are {MIN_DURATION}–{MAX_DURATION} s, {stats['size']}×{stats['size']} px, H.264 at {ENCODE_FPS} fps
 (frame j shows time j/{ENCODE_FPS} s), a few large saturated shapes on a dark background. Answers are

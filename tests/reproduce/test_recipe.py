@@ -20,7 +20,7 @@ FIELDS = [f.name for f in fields(Recipe)]
 
 
 def test_the_expected_recipes_exist_and_ship_with_the_package():
-    assert {p.stem for p in RECIPE_FILES} == {"default", "quick", "paper_stages"}
+    assert {p.stem for p in RECIPE_FILES} == {"default", "quick", "paper_stages", "imbalance"}
     assert RECIPES_DIR.resolve() == REPO_RECIPES  # `--recipe NAME` reads these files (importlib.resources)
 
 
@@ -64,7 +64,7 @@ def test_a_bad_recipe_file_is_refused_naming_file_and_key(tmp_path, edit, messag
 def test_a_missing_recipe_names_the_shipped_ones():
     with pytest.raises(UserError, match="recipe nonesuch") as info:
         load_recipe("nonesuch")
-    assert "default, paper_stages, quick" in info.value.fix
+    assert "default, imbalance, paper_stages, quick" in info.value.fix
 
 
 def test_overrides_are_read_as_the_field_type():

@@ -2,7 +2,8 @@
 
     streampro data convert FORMAT ANNOTATIONS --out RAW.jsonl [--video-root DIR]
     streampro data build {sft,rl,bench} RAW.jsonl --out DIR [--split NAME] [--window-turns W --window-stride S]
-    streampro data synth --out DIR [--n 140] [--seed 0]
+    streampro data synth --out DIR [--n 140] [--seed 0] [--silence-factor 1]
+    streampro data stats SFT.jsonl ...
     streampro data rubrics RL.jsonl --out RL_WITH_RUBRICS.jsonl --endpoint URL --model NAME
 
 Argument parsing and glue only; the work is done by :mod:`streampro.dataset_scripts`
@@ -146,6 +147,9 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     }
     for flag, what in extras.items():
         parser.add_argument(flag, type=int, default=0, help=f"Also add this many clips: {what}.")
+    parser.add_argument("--silence-factor", type=float, default=1.0, metavar="K",
+                        help="Longer streams, same events and answers: about K times the silent turns from the "
+                             "question on (1-50; default 1, the standard Synth; docs/data.md §5).")
     _no_progress(parser)
 
 
@@ -155,13 +159,76 @@ def run_synth(args: argparse.Namespace) -> int:
     try:
         stats = generate(args.out, n=args.n, seed=args.seed, size=args.size, progress=not args.no_progress,
                          control=args.control, captions=args.captions, motion_captions=args.motion_captions,
-                         extra_train=args.extra_train, extra_validation=args.extra_validation)
+                         extra_train=args.extra_train, extra_validation=args.extra_validation,
+                         silence_factor=args.silence_factor)
     except ValueError as e:  # an option out of range, named by its flag
         raise UserError.from_exception(e, "pass a value in the range `streampro data synth --help` gives") from e
     print(f"StreamPro-Synth -> {args.out}")
     for split, st in stats["splits"].items():
         print(f"  {split}: {st['clips']} clips, {st.get('response_turns', 0)} response turns, "
               f"{st.get('silence_turns', 0)} silence turns")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# stats
+# --------------------------------------------------------------------------------------------
+
+
+def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="SFT.jsonl",
+                        help="SFT records (`streampro data build sft`, Synth's sft/{split}.jsonl).")
+
+
+def turn_balance(records: list[dict], where: str = "records") -> dict[str, dict[str, int]]:
+    """Per task (and ``all`` over several tasks): records, turns, response turns, silent turns, and silent turns from the question.
+
+    Silent turns from the question's turn on are what the SFT losses supervise (docs/method.md §4): their
+    ratio to the response turns is the imbalance CB-Stream re-weights.
+    """
+    out: dict[str, dict[str, int]] = {}
+    for i, r in enumerate(records, 1):
+        if not isinstance(r, dict) or not {"num_turns", "questions", "responses"} <= set(r):
+            raise ValueError(f"{where}:{i}: not an SFT record (needs num_turns, questions, responses)")
+        q_turn = min((q["turn"] for q in r["questions"]), default=0)
+        n, responses = int(r["num_turns"]), len(r["responses"])
+        row = out.setdefault(r.get("task", "?"), dict.fromkeys(("records", "turns", "response_turns", "silence_turns",
+                                                                "silence_turns_from_question"), 0))
+        row["records"] += 1
+        row["turns"] += n
+        row["response_turns"] += responses
+        row["silence_turns"] += n - responses
+        row["silence_turns_from_question"] += n - q_turn - responses
+    if len(out) > 1:
+        out["all"] = {k: sum(row[k] for row in list(out.values())) for k in next(iter(out.values()))}
+    return out
+
+
+def format_turn_balance(tables: dict[str, dict[str, dict[str, int]]]) -> str:
+    """One markdown table: a row per file and task, the silence-per-response ratios last."""
+    lines = ["| file | task | records | turns | response turns | silent turns | silent from question "
+             "| silent per response, from question | silent per response, all turns |", "|---" * 9 + "|"]
+    for name, table in tables.items():
+        for task, row in table.items():
+            resp = row["response_turns"]
+            ratio = [f"{row[k] / resp:.1f}" if resp else "–" for k in ("silence_turns_from_question", "silence_turns")]
+            lines.append(f"| {name} | {task} | {row['records']} | {row['turns']} | {resp} | {row['silence_turns']} | "
+                         f"{row['silence_turns_from_question']} | {ratio[0]} | {ratio[1]} |")
+    return "\n".join(lines)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from streampro.jsonl import read_jsonl
+
+    tables = {}
+    for name in args.files:
+        if not Path(name).is_file():
+            raise UserError(f"{name}: no such file", "pass SFT records from `streampro data build sft` or `data synth`")
+        try:
+            tables[name] = turn_balance(read_jsonl(name), name)
+        except ValueError as e:
+            raise UserError.from_exception(e, "pass SFT records (sft/{split}.jsonl), not raw or bench files") from e
+    print(format_turn_balance(tables))
     return 0
 
 
@@ -206,5 +273,6 @@ SUBCOMMANDS = {
     "convert": (add_convert_arguments, run_convert, "Convert a public annotation file to raw JSONL."),
     "build": (add_build_arguments, run_build, "Build SFT / RL / benchmark files from raw JSONL."),
     "synth": (add_synth_arguments, run_synth, "Generate StreamPro-Synth: procedural videos with exact labels."),
+    "stats": (add_stats_arguments, run_stats, "Count response and silent turns of SFT records, per task."),
     "rubrics": (add_rubrics_arguments, run_rubrics, "Write GRPO trajectory rubrics for RL samples with an LLM endpoint."),
 }

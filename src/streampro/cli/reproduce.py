@@ -6,6 +6,8 @@
     streampro reproduce --out runs/s1 --seed 1 --set sft_steps=500           # one field changed
     streampro reproduce --out runs/reproduce --install-assets                # also ship the chosen model
     streampro reproduce --compare runs/reproduce runs/s1 --out runs/compare  # finished runs side by side
+    streampro reproduce --recipe imbalance --sweep silence_factor=1,3.5,10.5 --out runs/imbalance --jobs 3
+                                                                             # one run per value, one table + plot
 
 Every stage is skipped when its output exists: run the same command again to resume. The run folder
 records its recipe (``recipe.yaml``); a resume with another recipe or seed is refused. See
@@ -36,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", nargs="+", type=Path, metavar="RUN",
                         help="Only tabulate finished runs (e.g. seeds) side by side; writes --out/compare.md when "
                              "--out is given, prints the table either way.")
+    parser.add_argument("--sweep", metavar="FIELD=V1,V2,...",
+                        help="One run per value of one recipe field (OUT/FIELD-VALUE/), then OUT/sweep.md, "
+                             "sweep.json and plots/sweep_w_avg.png: the SFT losses against the level "
+                             "(docs/reproduce.md), e.g. --sweep silence_factor=1,3.5,10.5.")
     parser.add_argument("--install-assets", action="store_true",
                         help="Copy the final model (chosen on validation) and demo clips into streampro/assets/.")
 
@@ -58,6 +64,18 @@ def run(args: argparse.Namespace) -> int:
     source = "quick" if args.quick else args.recipe or "default"
     recipe = apply_overrides(load_recipe(source), args.overrides)
     start = time.monotonic()
+    if args.sweep:
+        from streampro.reproduce.sweep import parse_sweep, run_sweep
+
+        if args.install_assets:
+            raise UserError("--install-assets with --sweep: a sweep has no single final model",
+                            "install from one level's run: streampro reproduce --out OUT/FIELD-VALUE ... --install-assets")
+        field, values = parse_sweep(args.sweep)
+        run_sweep(args.out, recipe, source, args.seed, field, values, args.jobs)
+        print((args.out / "sweep.md").read_text())
+        print(f"sweep: {args.out / 'sweep.md'}, {args.out / 'sweep.json'}; plot: {args.out / 'plots' / 'sweep_w_avg.png'}")
+        print(f"wall time of this invocation: {time.monotonic() - start:.0f} s")
+        return 0
     folder = Run(args.out, recipe, args.seed, source)
     summary = reproduce(folder, args.jobs)
     if args.install_assets:

@@ -33,6 +33,9 @@ class Recipe:
     extra_train_clips: int  # more training clips of the 7 tasks, drawn after n_clips (listed last)
     extra_validation_clips: int  # more validation clips, drawn after those: a steadier model choice
     size: int  # frame side in px, a multiple of 28: 84 px = 9 image tokens, one per cell of the 3x3 grid
+    # Longer streams with the same events: about this many times the silent turns (``data synth
+    # --silence-factor``, docs/data.md §5); 1 = the standard Synth. The imbalance CB-Stream re-weights.
+    silence_factor: float
     # --- the tiny Qwen2.5-VL (``streampro.backbones.TINY_SIZES``'s keys, every one) ---
     model_sizes: dict[str, int]
     # --- init ---
@@ -61,16 +64,19 @@ class Recipe:
     # stage: less padding, but the caption stage's batches then alternate between still and motion clips.
     group_by_length: bool
     # --- GRPO (both runs) ---
-    grpo_steps: int
+    grpo_steps: int  # 0 = no GRPO stages: the three SFT models only
     grpo_generations: int
     grpo_batch: int  # completions per step (samples x generations)
     grpo_lr: float
     grpo_max_new_tokens: int
     # --- evaluation ---
     eval_max_new_tokens: int
+    # Streams decoded together in one batched forward per frame (``evaluate --batch-streams``); 1 = one by one.
+    eval_batch_streams: int
 
     def __post_init__(self):
         from streampro.backbones import TINY_SIZES
+        from streampro.dataset_scripts.synth import MAX_SILENCE_FACTOR
 
         if set(self.model_sizes) != set(TINY_SIZES):
             raise ValueError(f"model_sizes must have exactly the keys {sorted(TINY_SIZES)}, "
@@ -83,6 +89,10 @@ class Recipe:
         for name in counts:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 1 <= self.silence_factor <= MAX_SILENCE_FACTOR:
+            raise ValueError(f"silence_factor must be in [1, {MAX_SILENCE_FACTOR:g}], got {self.silence_factor}")
+        if self.eval_batch_streams < 1:
+            raise ValueError(f"eval_batch_streams must be >= 1, got {self.eval_batch_streams}")
         if self.control_first_loss not in LOSSES:
             raise ValueError(f"control_first_loss must be one of {', '.join(LOSSES)}, got {self.control_first_loss!r}")
         if self.control_first_steps and not self.control_clips:

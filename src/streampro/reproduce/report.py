@@ -64,7 +64,7 @@ def collect(run: Run, baseline: dict) -> dict:
         for model in run.models:
             control[model] = run.results(model, "control_test")["OU_f1"]
             control[f"{model} (shuffled frames)"] = run.results(model, "control_test-shuffled")["OU_f1"]
-    starts = {m: (run.model_dir(m) / "start.txt").read_text().strip() for m in GRPO_MODELS}
+    starts = {m: (run.model_dir(m) / "start.txt").read_text().strip() for m in GRPO_MODELS if m in run.models}
     captions = run.results("captions", "caption_validation")["OU_f1"] if run.recipe.caption_steps else None
     motion = (run.results("captions", "motion_caption_validation")["EU_f1"]
               if run.recipe.caption_steps and run.recipe.motion_caption_clips else None)

@@ -39,7 +39,8 @@ class Run:
     """
 
     def __init__(self, out: Path, recipe: Recipe, seed: int, source: str | Path):
-        self.out, self.recipe, self.seed, self.source, self.models = Path(out), recipe, seed, str(source), MODELS
+        self.out, self.recipe, self.seed, self.source = Path(out), recipe, seed, str(source)
+        self.models = MODELS if recipe.grpo_steps else SFT_MODELS  # grpo_steps 0: no GRPO stages
         self.out.mkdir(parents=True, exist_ok=True)
         recipe_file, record = self.out / "recipe.yaml", self.out / "run.json"
         if recipe_file.exists():

@@ -8,7 +8,7 @@
 4. ``sft-ce``, ``sft-focal``, ``sft-cb_stream``: SFT with the same data order, steps, batch, learning
    rate and seed (``streampro train sft`` code path, docs/method.md §4).
 5. ``grpo`` from ``sft-cb_stream`` (the paper's recipe) and ``grpo-best`` from the SFT model with the
-   best VALIDATION W-Avg (docs/method.md §5), offline rewards.
+   best VALIDATION W-Avg (docs/method.md §5), offline rewards; none when ``grpo_steps`` is 0.
 6. ``eval``: ``streampro evaluate`` (exact judge) of every model on test, on test with frames shuffled
    in time, and on validation.
 
@@ -55,7 +55,8 @@ def build_data(run: Run) -> None:
             generate(run.data, n=rec.n_clips, seed=run.seed, size=rec.size, progress=True,
                      control=rec.control_clips, captions=rec.caption_clips if rec.caption_steps else 0,
                      motion_captions=rec.motion_caption_clips if rec.caption_steps else 0,
-                     extra_train=rec.extra_train_clips, extra_validation=rec.extra_validation_clips)
+                     extra_train=rec.extra_train_clips, extra_validation=rec.extra_validation_clips,
+                     silence_factor=rec.silence_factor)
 
 
 def build_init(run: Run) -> None:
@@ -334,6 +335,8 @@ def evaluate(run: Run, model: str, split: str, shuffle: bool = False, max_new_to
                     "--plot-samples", "0"]
             if shuffle:
                 argv += ["--shuffle-frames", str(SHUFFLE_SEED)]
+            if run.recipe.eval_batch_streams > 1:
+                argv += ["--batch-streams", str(run.recipe.eval_batch_streams)]
             code = eval_cli.run(parser.parse_args(argv))
             if code != 0:
                 raise RuntimeError(f"streampro evaluate failed (exit {code}) for {model} on {name}; see the log above")
@@ -359,7 +362,8 @@ def reproduce(run: Run, jobs: int = 1) -> dict:
     if run.recipe.control_first_steps:
         train_control_first(run)
     run_stages(run, jobs, "sft", [(loss,) for loss in LOSSES])
-    run_stages(run, jobs, "grpo", [("grpo", "sft-cb_stream"), ("grpo-best", best_sft_model(run, jobs))])
+    if run.recipe.grpo_steps:
+        run_stages(run, jobs, "grpo", [("grpo", "sft-cb_stream"), ("grpo-best", best_sft_model(run, jobs))])
     splits = [("validation",), ("test",), ("test", True)]
     if run.recipe.control_clips:
         splits += [("control_test",), ("control_test", True)]
