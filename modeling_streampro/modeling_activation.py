@@ -24,7 +24,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_activation import StreamProActivationConfig
-from .modeling_streampro import _backbone_classes
+from .modeling_streampro import _backbone_classes, check_loading_info
 
 AUTO_MAP_ACTIVATION = {
     "AutoConfig": "configuration_activation.StreamProActivationConfig",
@@ -133,18 +133,8 @@ class StreamProActivationModel(StreamProActivationPreTrainedModel):
         """
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        problems = {
-            "missing": sorted(info.get("missing_keys", [])),
-            "unexpected": sorted(info.get("unexpected_keys", [])),
-            "mismatched": [str(m) for m in info.get("mismatched_keys", [])],
-        }
-        if any(problems.values()):
-            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-            details = "; ".join(f"{k}: {v[:5]}{' ...' if len(v) > 5 else ''}" for k, v in problems.items() if v)
-            raise ValueError(
-                f"checkpoint {source} does not match StreamProActivationModel ({details}). Train one with "
-                "`streampro train activation --config RECIPE.yaml`."
-            )
+        check_loading_info(model, info, args, kwargs,
+                           fix="Train one with `streampro train activation --config RECIPE.yaml`.")
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):

@@ -60,6 +60,22 @@ from .processing_streampro import (
 )
 
 
+def check_loading_info(model, info: dict, args: tuple, kwargs: dict, *, fix: str, tied: set = frozenset()) -> None:
+    """Raise when ``from_pretrained`` left a weight missing (beyond ``tied``), unexpected or mismatched.
+
+    transformers only logs these and leaves missing weights randomly initialised; ``fix`` ends the message.
+    """
+    problems = {
+        "missing": sorted(set(info.get("missing_keys", [])) - tied),
+        "unexpected": sorted(info.get("unexpected_keys", [])),
+        "mismatched": [str(m) for m in info.get("mismatched_keys", [])],
+    }
+    if any(problems.values()):
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        details = "; ".join(f"{k}: {v[:5]}{' ...' if len(v) > 5 else ''}" for k, v in problems.items() if v)
+        raise ValueError(f"checkpoint {source} does not match {type(model).__name__} ({details}). {fix}")
+
+
 def _backbone_classes(backbone: str):
     """(backbone ``*Model`` class, backbone ``*PreTrainedModel`` class, backbone LM class)."""
     if backbone == "qwen2_5_vl":
@@ -212,19 +228,8 @@ class StreamProForConditionalGeneration(StreamProPreTrainedModel, GenerationMixi
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         tied = set(model._tied_weights_keys or {}) if model.config.tie_word_embeddings else set()
-        missing = sorted(set(info.get("missing_keys", [])) - tied)
-        problems = {
-            "missing": missing,
-            "unexpected": sorted(info.get("unexpected_keys", [])),
-            "mismatched": [str(m) for m in info.get("mismatched_keys", [])],
-        }
-        if any(problems.values()):
-            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
-            details = "; ".join(f"{k}: {v[:5]}{' ...' if len(v) > 5 else ''}" for k, v in problems.items() if v)
-            raise ValueError(
-                f"checkpoint {source} does not match StreamProForConditionalGeneration ({details}). "
-                "Convert base Qwen-VL checkpoints with `streampro convert-backbone SRC --out DST`."
-            )
+        check_loading_info(model, info, args, kwargs, tied=tied,
+                           fix="Convert base Qwen-VL checkpoints with `streampro convert-backbone SRC --out DST`.")
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
