@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from transformers import BatchFeature, ProcessorMixin
 
+from .processing_streampro import StreamProProcessor
 from .time_streampro import time_tag
 
 ACT_TOKEN = "<ACT>"
@@ -55,17 +56,9 @@ class StreamProActivationProcessor(ProcessorMixin):
         head = self.encode_text(f"{time_tag(turn_index, fps)}<|vision_start|>")
         return head + [self.image_token_id] * num_image_tokens + self.encode_text("<|vision_end|>") + [self.act_token_id]
 
-    def num_image_tokens(self, image_grid_thw: torch.Tensor) -> list[int]:
-        merge = self.image_processor.merge_size ** 2
-        return [int(n) // merge for n in image_grid_thw.prod(-1).tolist()]
-
-    def process_frames(self, frames) -> dict:
-        """Frames (PIL images or HxWx3 uint8 arrays) → ``pixel_values`` and ``image_grid_thw``."""
-        frames = list(frames)
-        if not frames:
-            raise ValueError("no frames to process")
-        out = self.image_processor(images=frames, return_tensors="pt")
-        return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+    # The frames are processed exactly as the streaming model's processor does it.
+    num_image_tokens = StreamProProcessor.num_image_tokens
+    process_frames = StreamProProcessor.process_frames
 
     def window_ids(self, question: str, turns: list[int], counts: list[int], fps: float = 1.0) -> list[int]:
         """Token ids of one window: the question, then each turn's frame (``counts[i]`` image tokens) and ``<ACT>``."""
