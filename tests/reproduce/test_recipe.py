@@ -126,3 +126,23 @@ def test_a_bad_recipe_on_the_command_line_is_one_error_line(tmp_path, capsys, ar
 def test_out_is_required(capsys):
     assert main(["reproduce", "--quick"]) == 2
     assert "--out DIR is required" in capsys.readouterr().err
+
+
+def test_a_run_folder_from_before_added_fields_resumes(tmp_path):
+    """A stored recipe.yaml without the fields added since reads them as the old behaviour; a new recipe
+    file must still list every field."""
+    from streampro.reproduce import Run
+    from streampro.reproduce.recipe import ADDED_FIELDS
+
+    recipe = load_recipe("quick")
+    Run(tmp_path, recipe, 0, "quick")
+    stored = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    for name in ADDED_FIELDS:
+        assert stored.pop(name) == ADDED_FIELDS[name]  # the quick recipe keeps the old behaviour
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
+    assert Run(tmp_path, recipe, 0, "quick").recipe == recipe
+    with pytest.raises(UserError, match="missing key 'silence_factor'"):
+        load_recipe(tmp_path / "recipe.yaml")
+    changed = replace(recipe, eval_batch_streams=4)
+    with pytest.raises(UserError, match="eval_batch_streams 1, not 4"):
+        Run(tmp_path, changed, 0, "quick")

@@ -21,6 +21,9 @@ LOSSES = ("ce", "focal", "cb_stream")
 # The recipe files shipped with the package (``recipes/reproduce/`` in the repository).
 RECIPES_DIR = Path(str(resources.files("streampro.recipes") / "reproduce"))
 RECIPE_PREFIX = "recipes/reproduce"  # how a run folder names a shipped recipe file
+# Fields added after run folders were first written, with the value that behaves as the code did before
+# them: a run folder's stored recipe without one of these still resumes (``load_recipe(..., stored=True)``).
+ADDED_FIELDS = {"silence_factor": 1.0, "eval_batch_streams": 1}
 
 
 @dataclass(frozen=True)
@@ -141,8 +144,12 @@ def recipe_reference(path: Path) -> str:
     return f"{RECIPE_PREFIX}/{path.name}" if path.parent == RECIPES_DIR.resolve() else str(path)
 
 
-def load_recipe(name_or_path: str | Path) -> Recipe:
-    """Parse a recipe file strictly; a missing file, bad YAML or bad key is a UserError naming the file."""
+def load_recipe(name_or_path: str | Path, stored: bool = False) -> Recipe:
+    """Parse a recipe file strictly; a missing file, bad YAML or bad key is a UserError naming the file.
+
+    ``stored``: a run folder's ``recipe.yaml``, written before the fields of :data:`ADDED_FIELDS`
+    existed, may lack them; they read as their old behaviour.
+    """
     path = recipe_path(name_or_path)
     if not path.is_file():
         shipped = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
@@ -154,6 +161,8 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         raise UserError(f"{path}: not valid YAML ({e})", "fix the file's syntax") from e
     if not isinstance(values, dict):
         raise UserError(f"{path}: a recipe is a mapping of field: value", "write one `field: value` per line")
+    if stored:
+        values = {**ADDED_FIELDS, **values}
     try:
         return recipe_from_dict(values)
     except ValueError as e:

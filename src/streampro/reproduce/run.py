@@ -44,7 +44,7 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         recipe_file, record = self.out / "recipe.yaml", self.out / "run.json"
         if recipe_file.exists():
-            stored = load_recipe(recipe_file)
+            stored = load_recipe(recipe_file, stored=True)
             stored_seed = json.loads(record.read_text())["seed"]
             if stored != recipe or stored_seed != seed:
                 diff = [f"{k} {v}, not {getattr(recipe, k)}" for k, v in changed_fields(stored, recipe).items()]
