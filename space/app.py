@@ -3,11 +3,14 @@
 Run locally::
 
     streampro space --model DIR            # or: STREAMPRO_MODEL=DIR python space/app.py
+    streampro space --server URL           # or: STREAMPRO_SERVER_URL=URL python space/app.py
 
 On the Hub this file is the Space's ``app_file`` (see space/README.md and docs/space.md). The
 checkpoint is $STREAMPRO_MODEL (a local directory or a Hub repo id), else the package's embedded
-tiny model. The logic lives in :mod:`streampro.space.backend`; this file is the gr.Blocks layout
-and the thin handlers that turn backend errors into ``gr.Error``.
+tiny model; with $STREAMPRO_SERVER_URL the Space loads no model and streams through that running
+``streampro serve`` server instead (docs/serve.md#the-space-as-a-client). The logic lives in
+:mod:`streampro.space.backend`; this file is the gr.Blocks layout and the thin handlers that turn
+backend errors into ``gr.Error``.
 """
 
 from __future__ import annotations
@@ -20,16 +23,19 @@ import time
 import gradio as gr
 from streampro.space.backend import (
     ALLOWED_FORMATS,
+    SERVER_ENV,
     SPACE_JUDGES,
     Limits,
     LiveSession,
+    LocalBackend,
+    RemoteBackend,
+    ServerError,
     StreamOptions,
     gpu,
     load_model,
     parse_reference,
     score_clip,
     score_markdown,
-    stream_video,
     timeline_image,
 )
 
@@ -55,13 +61,38 @@ def _chat(messages: list[dict]) -> list[gr.ChatMessage]:
     return [gr.ChatMessage(role=m["role"], content=m["content"], metadata=m["metadata"]) for m in messages]
 
 
-class SpaceHandlers:
-    """The event handlers, bound to one loaded model (or to the error that stopped loading it)."""
+def server_url_from_env() -> str | None:
+    """$STREAMPRO_SERVER_URL, or None when it is unset or blank."""
+    return (os.environ.get(SERVER_ENV) or "").strip() or None
 
-    def __init__(self, model_dir=None, limits: Limits | None = None):
+
+class SpaceHandlers:
+    """The event handlers, bound to one backend (or to the error that stopped setting it up).
+
+    The backend is the ``streampro serve`` server at ``server_url`` when given, else the model
+    ``model_dir`` loaded here when given, else $STREAMPRO_SERVER_URL's server, else $STREAMPRO_MODEL /
+    the embedded model loaded here.
+    """
+
+    def __init__(self, model_dir=None, limits: Limits | None = None, server_url: str | None = None):
+        if model_dir is not None and server_url is not None:
+            raise ValueError("give a model or a server URL, not both: the Space streams through one backend")
         self.limits = limits or Limits.from_env()
         self.model = self.processor = None
+        self.backend: LocalBackend | RemoteBackend | None = None
         self.load_error: str | None = None
+        if model_dir is None and server_url is None:
+            server_url = server_url_from_env()
+        if server_url is not None:
+            self.model_name = None
+            if os.environ.get("STREAMPRO_MODEL"):
+                logger.warning("STREAMPRO_MODEL is ignored: the Space streams through the server at %s", server_url)
+            try:
+                self.backend = RemoteBackend(server_url)
+            except ValueError as exc:
+                self.load_error = f"No backend: {exc}. Or unset {SERVER_ENV} to load a model in this process."
+                logger.error(self.load_error)
+            return
         self.model_name = str(model_dir or os.environ.get("STREAMPRO_MODEL") or "embedded tiny model")
         try:
             self.model, self.processor = load_model(model_dir)
@@ -69,6 +100,8 @@ class SpaceHandlers:
             # The page still opens and says what to fix; every run raises the same message.
             self.load_error = f"No model loaded: {exc}. Or set STREAMPRO_MODEL to a checkpoint directory or Hub repo id."
             logger.error(self.load_error)
+            return
+        self.backend = LocalBackend(self.model, self.processor, self.model_name)
 
     def _require_model(self):
         if self.load_error:
@@ -84,8 +117,7 @@ class SpaceHandlers:
             if reference is not None and not (question or "").strip():
                 question, question_time = reference["question"], reference["question_time"]
             options = StreamOptions(float(threshold), int(max_new_tokens))
-            view, events = stream_video(self.model, self.processor, video, question, question_time,
-                                        options, self.limits)
+            view, events = self.backend.stream_video(video, question, question_time, options, self.limits)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         last_plot = 0.0
@@ -102,6 +134,8 @@ class SpaceHandlers:
                 yield chat, plot, view.status(), gr.skip(), gr.skip()
         except (ValueError, VideoReadError) as exc:
             raise gr.Error(str(exc)) from None
+        finally:  # Stop closes this generator: end the stream now (a server session is deleted)
+            events.close()
         score_md, timeline = "", None
         if reference is not None:
             try:
@@ -118,7 +152,7 @@ class SpaceHandlers:
         self._require_model()
         if state is None:
             try:
-                state = LiveSession(self.model, self.processor, StreamOptions(float(threshold), int(max_new_tokens)))
+                state = self.backend.live_session(StreamOptions(float(threshold), int(max_new_tokens)))
             except ValueError as exc:
                 raise gr.Error(str(exc)) from None
         return state
@@ -130,6 +164,10 @@ class SpaceHandlers:
         live = self._live(state, threshold, max_new_tokens)
         try:
             live.step(frame)
+        except ServerError as exc:
+            if exc.status == 404:  # the server closed the session (idle timeout, restart)
+                raise gr.Error(f"{exc} — press New session to start another") from None
+            raise gr.Error(str(exc)) from None
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         return _chat(live.view.messages), live.view.figure(), live.view.status(), live
@@ -150,8 +188,16 @@ class SpaceHandlers:
         return _chat(live.view.messages), status, live, ""
 
     @staticmethod
-    def live_reset():
+    def live_reset(state: LiveSession | None = None):
+        """Start over: the old session is closed (deleted on the server) and the state emptied."""
+        close_live(state)
         return [], None, "new session: press record on the webcam to start", None
+
+
+def close_live(state: LiveSession | None) -> None:
+    """Close a webcam session: on New session, and when gradio drops the state (visitor gone, time to live)."""
+    if state is not None:
+        state.close()
 
 
 def _options(prefix: str):
@@ -162,19 +208,20 @@ def _options(prefix: str):
     return threshold, max_new_tokens
 
 
-def build_demo(model_dir=None, limits: Limits | None = None) -> gr.Blocks:
-    """The Space's gr.Blocks. ``model_dir`` overrides $STREAMPRO_MODEL (None → env → embedded)."""
-    h = SpaceHandlers(model_dir, limits)
-    run_video = gpu(h.run_video, duration=120)
-    live_step = gpu(h.live_step, duration=20)
+def build_demo(model_dir=None, limits: Limits | None = None, server_url: str | None = None) -> gr.Blocks:
+    """The Space's gr.Blocks; the backend is chosen as in :class:`SpaceHandlers`."""
+    h = SpaceHandlers(model_dir, limits, server_url)
+    # Only a model in this process needs a GPU (spaces.GPU on ZeroGPU); a server backend does not.
+    on_gpu = h.backend is None or h.backend.gpu
+    run_video = gpu(h.run_video, duration=120) if on_gpu else h.run_video
+    live_step = gpu(h.live_step, duration=20) if on_gpu else h.live_step
     # No usage telemetry: the app must run offline (tests, air-gapped machines) without outbound calls.
     with gr.Blocks(title="StreamPro", analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
         if h.load_error:
             gr.Markdown(f"### ⚠️ {h.load_error}", elem_id="load-error")
         else:
-            gr.Markdown(f"Model: `{h.model_name}` ({h.model.config.backbone}) · 1 frame per second",
-                        elem_id="model-name")
+            gr.Markdown(f"{h.backend.describe()} · 1 frame per second", elem_id="backend")
         with gr.Tab("Upload a video"):
             with gr.Row():
                 with gr.Column(scale=2):
@@ -212,7 +259,7 @@ def build_demo(model_dir=None, limits: Limits | None = None) -> gr.Blocks:
             )
             stop.click(None, cancels=[event])
         with gr.Tab("Webcam"):
-            live_state = gr.State(None, time_to_live=LIVE_TIME_LIMIT_S * 2)
+            live_state = gr.State(None, time_to_live=LIVE_TIME_LIMIT_S * 2, delete_callback=close_live)
             with gr.Row():
                 with gr.Column(scale=2):
                     webcam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam", elem_id="webcam")
@@ -239,7 +286,8 @@ def build_demo(model_dir=None, limits: Limits | None = None) -> gr.Blocks:
             ask_outputs = [live_chat, live_status, live_state, live_question]
             ask.click(h.live_ask, ask_inputs, ask_outputs, api_name="live_ask")
             live_question.submit(h.live_ask, ask_inputs, ask_outputs, api_visibility="private")
-            reset.click(h.live_reset, None, [live_chat, live_plot, live_status, live_state], api_name="live_reset")
+            reset.click(h.live_reset, [live_state], [live_chat, live_plot, live_status, live_state],
+                        api_name="live_reset")
     demo.queue(
         default_concurrency_limit=int(os.environ.get("STREAMPRO_CONCURRENCY", DEFAULT_CONCURRENCY)),
         max_size=32,
@@ -248,9 +296,10 @@ def build_demo(model_dir=None, limits: Limits | None = None) -> gr.Blocks:
     return demo
 
 
-def launch(model_dir=None, host: str | None = None, port: int | None = None, **kwargs):
+def launch(model_dir=None, host: str | None = None, port: int | None = None, server_url: str | None = None,
+           **kwargs):
     """Build and serve the app (blocking unless ``prevent_thread_lock=True``)."""
-    demo = build_demo(model_dir)
+    demo = build_demo(model_dir, server_url=server_url)
     limits = demo.streampro_handlers.limits
     demo.launch(server_name=host, server_port=port, max_file_size=f"{limits.max_file_mb:g}mb", **kwargs)
     return demo

@@ -1,5 +1,9 @@
 """The StreamPro Space's logic as plain functions: model loading, input checks, streaming, scoring.
 
+Two backends stream: the model loaded in this process (:class:`LocalBackend`) or a running
+``streampro serve`` server spoken to over HTTP (:class:`RemoteBackend`, docs/serve.md#the-space-as-a-client);
+both give the same events for the same frames.
+
 Nothing here imports gradio: the UI layer (:mod:`streampro.space.app`) turns the ``ValueError``
 raised here into ``gr.Error`` and the message dicts into ``gr.ChatMessage``. Figures are built
 with ``matplotlib.figure.Figure`` (no pyplot global state, so concurrent sessions do not share
@@ -317,8 +321,7 @@ def stream_video(
     def events():
         frames = iter_video_frames(path, fps=FPS, max_pixels=FRAME_MAX_PIXELS)
         for event in model.generate_stream(
-            frames, question, processor=processor, question_time=question_time, fps=FPS,
-            max_new_tokens=options.max_new_tokens, response_threshold=options.response_threshold,
+            frames, question, processor=processor, question_time=question_time, **session_options(options),
         ):
             if event.question is not None:  # shown at the time the user asked, not the turn's time
                 view.add_question(question_time, event.question)
@@ -339,10 +342,10 @@ class LiveSession:
     """
 
     def __init__(self, model, processor, options: StreamOptions = StreamOptions()):
-        self.session = model.stream_session(
-            processor, fps=FPS, max_new_tokens=options.max_new_tokens,
-            response_threshold=options.response_threshold,
-        )
+        self._start(model.stream_session(processor, **session_options(options)), options)
+
+    def _start(self, session, options: StreamOptions) -> None:
+        self.session = session
         self.view = StreamView(threshold=options.response_threshold)
         self.size: tuple[int, int] | None = None
         self.started = time.monotonic()
@@ -369,6 +372,277 @@ class LiveSession:
         self.view.add(event)
         return event
 
+    def close(self) -> None:
+        """Free the session (a server session is deleted there; an in-process one has nothing to free)."""
+        close = getattr(self.session, "close", None)
+        if close is not None:
+            close()
+
+
+def session_options(options: StreamOptions) -> dict:
+    """The session options both backends open a stream with (the engine's names, docs/serve.md#api)."""
+    return {"fps": FPS, "max_new_tokens": options.max_new_tokens, "response_threshold": options.response_threshold}
+
+
+# --- a `streampro serve` server as the backend (docs/serve.md#the-space-as-a-client) ------------
+
+SERVER_ENV = "STREAMPRO_SERVER_URL"
+SERVER_TIMEOUT_ENV = "STREAMPRO_SERVER_TIMEOUT"
+# Seconds one request may take. A PyTorch server steps its sessions one at a time, so a frame can
+# wait behind other visitors' frames; connecting gets at most 5 s (a server that is down fails fast).
+SERVER_TIMEOUT_S = 60.0
+
+
+class ServerError(ValueError):
+    """The server refused a request or did not answer; ``status`` is the HTTP status (None: no answer).
+
+    A ValueError, so the UI shows it like any input error (a ``gr.Error``).
+    """
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def check_server_url(url: str) -> str:
+    """``url`` without a trailing slash; ValueError unless it is an http(s) address like http://127.0.0.1:8000."""
+    from urllib.parse import urlsplit
+
+    clean = (url or "").strip().rstrip("/")
+    parts = urlsplit(clean)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"server URL {url!r} is not an http(s) address; give the address `streampro serve` "
+                         "listens on, e.g. http://127.0.0.1:8000")
+    return clean
+
+
+def server_timeout(timeout: float | None = None) -> float:
+    """``timeout``, else $STREAMPRO_SERVER_TIMEOUT, else :data:`SERVER_TIMEOUT_S`; ValueError unless > 0."""
+    raw = timeout if timeout is not None else os.environ.get(SERVER_TIMEOUT_ENV, SERVER_TIMEOUT_S)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"server timeout must be a number of seconds > 0, got {raw!r} (${SERVER_TIMEOUT_ENV})")
+    return value
+
+
+class ServerClient:
+    """HTTP client of one ``streampro serve`` server: every failure becomes a :class:`ServerError`
+    that names the server, what was being done and the fix (the server's own message for a 4xx/5xx)."""
+
+    def __init__(self, url: str, timeout: float | None = None):
+        import httpx
+
+        self.url, self.timeout = check_server_url(url), server_timeout(timeout)
+        self.http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=min(5.0, self.timeout)))
+
+    def request(self, method: str, path: str, what: str, **kwargs) -> dict:
+        """The JSON object the server answers ``method path`` with; ``what`` says what it was for (in errors)."""
+        import httpx
+
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise ServerError(f"cannot reach the StreamPro server at {self.url} to {what} ({exc}); start it with "
+                              f"`streampro serve MODEL` or fix the address (--server / ${SERVER_ENV})") from None
+        except httpx.TimeoutException:
+            raise ServerError(f"the StreamPro server at {self.url} did not answer within {self.timeout:g} s to "
+                              f"{what}; it may be busy with other sessions: try again, or raise "
+                              f"${SERVER_TIMEOUT_ENV}") from None
+        except httpx.HTTPError as exc:  # the connection broke mid-request (server stopped, proxy reset, ...)
+            raise ServerError(f"the connection to the StreamPro server at {self.url} failed while trying to "
+                              f"{what} ({type(exc).__name__}: {exc}); check that the server still runs") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.is_error:
+            message = body.get("error") if isinstance(body, dict) else None
+            message = message or response.text.strip()[:300] or response.reason_phrase
+            raise ServerError(f"the StreamPro server at {self.url} refused to {what} "
+                              f"(HTTP {response.status_code}): {message}", response.status_code)
+        if not isinstance(body, dict):
+            raise ServerError(f"{self.url} answered the request to {what} with something other than a JSON object "
+                              f"(HTTP {response.status_code}: {response.text.strip()[:100]!r}); is it a "
+                              "`streampro serve` server?", response.status_code)
+        return body
+
+    def health(self) -> dict:
+        """GET /health: ``{"status", "engine", "sessions", "max_sessions"}``."""
+        return self.request("GET", "/health", "report its health")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@dataclass
+class RemoteEvent:
+    """A frame's event as ``streampro serve`` sends it (``StreamEvent.to_dict()``): the fields the views use."""
+
+    time: float
+    frame_index: int
+    decision: str
+    text: str
+    p_response: float | None
+    question: str | None = None
+    context_tokens: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict, url: str) -> RemoteEvent:
+        try:
+            return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+        except TypeError as exc:  # a field is missing
+            raise ServerError(f"the event from {url} lacks a field ({exc}); is it a `streampro serve` server "
+                              "of this StreamPro version?") from None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def encode_frame(image: Image.Image) -> bytes:
+    """PNG bytes of ``image``: lossless, so the server's model sees the pixels an in-process model would."""
+    import io
+
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+class RemoteSession:
+    """One session on a ``streampro serve`` server, with the engine session's interface: ``fps``,
+    ``ask(text)``, ``step(frame) -> RemoteEvent``, ``close()`` (docs/serve.md#api)."""
+
+    def __init__(self, url: str, options: StreamOptions = StreamOptions(), timeout: float | None = None):
+        self.client = ServerClient(url, timeout)
+        self.url, self.fps = self.client.url, FPS
+        self.closed = False
+        try:
+            self.id = self.client.request("POST", "/v1/sessions", "open a session",
+                                          json=session_options(options))["session_id"]
+        except BaseException:
+            self.client.close()
+            raise
+
+    def ask(self, question: str) -> None:
+        self.client.request("POST", f"/v1/sessions/{self.id}/questions", "take the question", json={"text": question})
+
+    def step(self, frame) -> RemoteEvent:
+        image = frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame, dtype=np.uint8))
+        body = self.client.request("POST", f"/v1/sessions/{self.id}/frames", "take a frame",
+                                   content=encode_frame(image), headers={"content-type": "image/png"})
+        return RemoteEvent.from_dict(body, self.url)
+
+    def close(self) -> None:
+        """DELETE the session on the server; never raises (a server that is gone expires it by its --idle-timeout)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.client.request("DELETE", f"/v1/sessions/{self.id}", "close the session")
+        except ServerError as exc:
+            if exc.status != 404:  # 404: the server closed it already (expired, restarted)
+                logger.warning("session %s left open on %s: %s", self.id, self.url, exc)
+        finally:
+            self.client.close()
+
+    def __enter__(self) -> RemoteSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def stream_video_remote(
+    url: str, path, question: str, question_time: float = 0.0,
+    options: StreamOptions = StreamOptions(), limits: Limits = Limits(), timeout: float | None = None,
+) -> tuple[StreamView, Iterator]:
+    """:func:`stream_video` through a ``streampro serve`` server: the same checks, frames, question turn
+    and events. The session opens when iteration starts and is deleted when it ends, fails or is dropped."""
+    from streampro.video import iter_video_frames
+
+    info = validate_video(path, limits)
+    question, question_time = validate_question(question, question_time, info.duration)
+    url, timeout = check_server_url(url), server_timeout(timeout)
+    view = StreamView(threshold=options.response_threshold, total_turns=num_turns(info.duration, FPS))
+    ask_at = turn_index_for_time(question_time, FPS)  # the turn generate_stream asks on
+
+    def events():
+        with RemoteSession(url, options, timeout) as session:
+            k = -1
+            for k, (_, image) in enumerate(iter_video_frames(path, fps=FPS, max_pixels=FRAME_MAX_PIXELS)):
+                if k == ask_at:
+                    session.ask(question)
+                event = session.step(image)
+                if event.question is not None:
+                    view.add_question(question_time, event.question)
+                view.add(event)
+                yield event
+            if ask_at > k:  # the file held fewer frames than its header promised
+                raise ValueError(f"question time {question_time:g} s is beyond the stream ({k + 1} frames)")
+
+    return view, events()
+
+
+class RemoteLiveSession(LiveSession):
+    """:class:`LiveSession` on a ``streampro serve`` server; ``close()`` deletes the server's session."""
+
+    def __init__(self, url: str, options: StreamOptions = StreamOptions(), timeout: float | None = None):
+        self._start(RemoteSession(url, options, timeout), options)
+
+
+@dataclass
+class LocalBackend:
+    """The model loaded in the Space's own process."""
+
+    model: object
+    processor: object
+    name: str
+    gpu: bool = True  # its handlers need a GPU (spaces.GPU on ZeroGPU)
+
+    def stream_video(self, path, question, question_time, options, limits):
+        return stream_video(self.model, self.processor, path, question, question_time, options, limits)
+
+    def live_session(self, options: StreamOptions) -> LiveSession:
+        return LiveSession(self.model, self.processor, options)
+
+    def describe(self) -> str:
+        return f"Backend: this process · model `{self.name}` ({self.model.config.backbone})"
+
+
+@dataclass
+class RemoteBackend:
+    """A running ``streampro serve`` server; the Space holds no model and needs no GPU."""
+
+    url: str
+    timeout: float | None = None
+    gpu: bool = False
+
+    def __post_init__(self):
+        self.url, self.timeout = check_server_url(self.url), server_timeout(self.timeout)
+
+    def stream_video(self, path, question, question_time, options, limits):
+        return stream_video_remote(self.url, path, question, question_time, options, limits, self.timeout)
+
+    def live_session(self, options: StreamOptions) -> RemoteLiveSession:
+        return RemoteLiveSession(self.url, options, self.timeout)
+
+    def health(self) -> dict:
+        client = ServerClient(self.url, self.timeout)
+        try:
+            return client.health()
+        finally:
+            client.close()
+
+    def describe(self) -> str:
+        """One line naming the server and what it says of itself now (or why it did not answer)."""
+        head = f"Backend: `streampro serve` at {self.url}"
+        try:
+            h = self.health()
+        except ServerError as exc:
+            return f"{head} · ⚠️ not answering now: {exc}"
+        return f"{head} · engine {h.get('engine')} · {h.get('sessions')}/{h.get('max_sessions')} sessions open"
 
 # --- scoring ----------------------------------------------------------------------------------
 
