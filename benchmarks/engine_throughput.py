@@ -1,7 +1,8 @@
 """Engine throughput: B StreamPro-Synth streams stepped together (``generate_streams``) vs one by one.
 
-Both runs use the same model, clips and options in this process, so the ratio is robust to a
-busy machine. Frames/s counts every frame of every stream (vision encoding, prefill, decisions and
+Both runs use the same model, clips and options in this process; with ``--repeats R`` (default 3)
+the two modes alternate R times each (S B, B S, S B, ...) and each mode's figure is its median
+time, so a burst of load on a shared machine slows both alike rather than one of them. Frames/s counts every frame of every stream (vision encoding, prefill, decisions and
 the answers the model gives). Events are checked to agree (decisions and texts). The last line is
 one JSON object.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 
@@ -68,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the clips as they are (12-24 frames each)")
     parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each mode, alternating (median)")
     parser.add_argument("--frames", type=int, default=None, help="frames per stream (clips looped); default 100")
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the embedded tiny model)")
     parser.add_argument("--preset", default=None, choices=["small", "3b"],
@@ -109,23 +112,33 @@ def main() -> None:
         list(model.generate_stream(streams[0][0][:3], None, processor=processor, **options))
         model.generate_streams([s[0][:3] for s in streams[:2]], [None, None], processor=processor, **options)
         sync()
-        start = time.perf_counter()
-        single = [list(model.generate_stream(f, q, processor=processor, question_time=t, **options))
-                  for f, q, t in streams]
-        sync()
-        single_s = time.perf_counter() - start
-        start = time.perf_counter()
-        batched = model.generate_streams([f for f, _, _ in streams], [q for _, q, _ in streams], processor=processor,
-                                         question_times=[t for _, _, t in streams], **options)
-        sync()
-        batched_s = time.perf_counter() - start
+
+        def run_single():
+            return [list(model.generate_stream(f, q, processor=processor, question_time=t, **options))
+                    for f, q, t in streams]
+
+        def run_batched():
+            return model.generate_streams([f for f, _, _ in streams], [q for _, q, _ in streams],
+                                          processor=processor, question_times=[t for _, _, t in streams], **options)
+
+        times, events = {"single": [], "batched": []}, {}
+        for r in range(max(1, args.repeats)):
+            order = (("single", run_single), ("batched", run_batched))
+            for name, fn in (order if r % 2 == 0 else order[::-1]):
+                start = time.perf_counter()
+                events[name] = fn()
+                sync()
+                times[name].append(time.perf_counter() - start)
+                print(f"  run {r + 1}: {name:8s} {times[name][-1]:.2f} s", flush=True)
+        single_s, batched_s = statistics.median(times["single"]), statistics.median(times["batched"])
+        single, batched = events["single"], events["batched"]
     agree = sum(a.decision == b.decision and a.text == b.text
                 for sa, sb in zip(single, batched) for a, b in zip(sa, sb)) / total
     responses = sum(e.decision == "response" for s in single for e in s)
     print(f"model: {model.config.backbone} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), "
           f"{args.streams} streams, {total} frames, {responses} responses, device {args.device}")
-    print(f"  one by one: {total / single_s:8.1f} frames/s  ({single_s:.2f} s)")
-    print(f"  batched:    {total / batched_s:8.1f} frames/s  ({batched_s:.2f} s)")
+    print(f"  one by one: {total / single_s:8.1f} frames/s  ({single_s:.2f} s, median of {len(times['single'])})")
+    print(f"  batched:    {total / batched_s:8.1f} frames/s  ({batched_s:.2f} s, median of {len(times['batched'])})")
     result = {
         "streams": args.streams,
         "frames": total,
@@ -135,6 +148,7 @@ def main() -> None:
         "frames_per_s_single": round(total / single_s, 2),
         "frames_per_s_batched": round(total / batched_s, 2),
         "speedup_batched": round(single_s / batched_s, 2),
+        "repeats": max(1, args.repeats),
         "event_agreement": round(agree, 4),
     }
     if args.device.startswith("cuda"):

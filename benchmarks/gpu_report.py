@@ -8,7 +8,8 @@ Runs, each in its own process (its own peak memory), and collects their JSON lin
 1. ``engine_throughput.py``: 8 StreamPro-Synth streams batched vs one by one (tiny model).
 2. ``stream_latency.py --memory sink_window`` and ``--memory window``: 10,000 frames, ms/frame at
    the last frame ÷ frame 250 (``flatness_full_window``) and RSS growth once the window is full.
-3. A Qwen2.5-VL-3B-shaped model (random weights, bfloat16) at 448 px (256 tokens per frame), in
+3. ``grpo_rollouts.py``: GRPO step time of the tiny recipe with the G = 4 rollouts batched vs one by one.
+4. A Qwen2.5-VL-3B-shaped model (random weights, bfloat16) at 448 px (256 tokens per frame), in
    this process: ms/frame and frames/s of one stream with a full 200-turn window, the re-prefill
    of the kept 150 turns after a slide (the exact window's periodic cost), the same stream with the
    sink window, and B streams batched (streams × frames/s).
@@ -128,6 +129,7 @@ def main() -> None:
     for memory in ("sink_window", "window"):
         report[f"long_stream_{memory}"] = run_script("stream_latency.py", "--device", args.device, "--frames", frames,
                                                      "--memory", memory, "--naive-frames", "0", *window)
+    report["grpo_rollouts"] = run_script("grpo_rollouts.py", "--device", args.device, *(["--quick"] if args.quick else []))
     report["big_model"] = big_model_figures(args)
 
     t, big = report["throughput"], report["big_model"]
@@ -139,6 +141,9 @@ def main() -> None:
         r = report[f"long_stream_{memory}"]
         rows.append((f"tiny, {frames} frames, {memory}: ms/frame last ÷ full window; RSS growth MB",
                      f"{r.get('flatness_full_window')}; {r.get('rss_growth_full_window_mb')}"))
+    g = report["grpo_rollouts"]
+    rows.append(("tiny GRPO step, G = 4: s batched / one by one (speedup)",
+                 f"{g.get('step_time_batched_s')} / {g.get('step_time_sequential_s')} ({g.get('speedup')}x)"))
     rows += [
         (f"{big['preset']} @ {big['pixels']} px ({big['tokens_per_frame']} tok/frame): ms/frame, full window",
          f"{big['window_ms_per_frame_full_window']} (window), {big['sink_window_ms_per_frame_full_window']} (sink)"),

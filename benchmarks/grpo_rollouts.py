@@ -12,6 +12,7 @@ The last line is one JSON object.
 
     python benchmarks/grpo_rollouts.py --quick        # 56 px clips, 2 timed steps per mode
     python benchmarks/grpo_rollouts.py                # 112 px clips, 5 timed steps per mode
+    python benchmarks/grpo_rollouts.py --device cuda  # on a GPU (benchmarks/gpu_report.py runs this)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="clip side in px (default 112; --quick 56)")
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the embedded tiny model)")
     parser.add_argument("--recipe", default=str(RECIPE))
+    parser.add_argument("--device", default="cpu", help="cpu (the recipe's use_cpu) or cuda")
     args = parser.parse_args()
     steps = args.steps or (2 if args.quick else 5)
     size = args.size or (56 if args.quick else 112)
@@ -60,7 +62,7 @@ def main() -> None:
             "--train_file", str(tmp / "train.jsonl"), "--frames_root", str(tmp / "synth"),
             "--frame_cache_dir", str(tmp / "cache"), "--output_dir", str(tmp / "out"),
             "--max_steps", str(len(modes)), "--save_strategy", "no", "--logging_steps", "1000",
-            "--disable_tqdm", "true"]
+            "--disable_tqdm", "true", "--use_cpu", str(not args.device.startswith("cuda")).lower()]
     script_args, training_args, model_args = TrlParser(
         (GRPOScriptArguments, StreamProGRPOConfig, ModelConfig)).parse_args_and_config(args=argv)
     trainer = build_trainer(script_args, training_args, model_args)
