@@ -29,6 +29,10 @@ Placement rules of the SFT builder (counted in the summary, never silent):
 - ``merged_same_turn``: two responses on one turn become one, texts joined with ``"; "`` in t* order.
 - ``no_response_left`` / ``question_after_last_turn``: the sample yields no record.
 
+Standby turns (``standby``, for three-state models; docs/data.md §3, docs/method.md §7): the
+turns between an answer's event start and its t*, from the question on, that are not response
+turns (:func:`standby_turns`). A two-state model trains them as silent turns, as before.
+
 Training windows (``--window-turns W --window-stride S``, docs/training.md): a stream longer than
 the engine's window is cut into the contexts the engine holds after each slide
 (:func:`engine_windows`, :func:`window_records`), so training sees what inference sees.
@@ -68,12 +72,40 @@ def _response_text(task: str, answer: dict) -> str:
     return answer["text"].strip()
 
 
+def answer_span(task: str, answer: dict) -> tuple[float, float] | None:
+    """``(start, t*)`` of an answer whose event start is known (EU/TP/TG spans, a timestamp answer's
+    optional ``start``), else ``None``."""
+    if "start" not in answer:
+        return None
+    return float(answer["start"]), answer_time(task, answer)
+
+
+def standby_turns(task: str, answers: list[dict], q_turn: int, n: int, response_turns, fps: float) -> list[int]:
+    """The Standby turns of a stream (Streamo's third state; docs/method.md §7), sorted.
+
+    Turn k is Standby when an answer's span [start, t*] has ``start <= turn_time(k) < t*``, k is at
+    or after the question's turn ``q_turn`` and k is not a response turn: the event has begun on
+    screen but is not yet to be answered. The bounds go through ``turn_index_for_time`` (the time
+    convention, with its tolerance): the turns with ``turn_time(k) < t*`` are exactly those before t*'s
+    own turn.
+    """
+    out: set[int] = set()
+    for answer in answers:
+        span = answer_span(task, answer)
+        if span is None:
+            continue
+        first = max(q_turn, turn_index_for_time(span[0], fps))
+        out.update(range(first, min(n, turn_index_for_time(span[1], fps))))
+    return sorted(out - set(response_turns))
+
+
 def build_sft_record(raw_sample: dict, fps: float = 1.0, stats: Counter | None = None) -> dict | None:
     """The SFT streaming conversation of one (validated) raw sample, or ``None`` if nothing is left to say.
 
     Record: ``{id, task, video, duration, fps, num_turns, system, questions: [{turn, time, text}],
-    responses: [{turn, time, text}]}``; ``time`` is ``turn_time(turn, fps)``; response texts carry no
-    ``</Response>`` token; turns without a response are silent.
+    responses: [{turn, time, text}], standby: [turn, ...]}``; ``time`` is ``turn_time(turn, fps)``;
+    response texts carry no ``</Response>`` token; turns without a response are silent, and those in
+    ``standby`` (:func:`standby_turns`) are Standby for a three-state model.
     """
     stats = stats if stats is not None else Counter()
     task = raw_sample["task"]
@@ -103,11 +135,13 @@ def build_sft_record(raw_sample: dict, fps: float = 1.0, stats: Counter | None =
             stats["merged_same_turn"] += len(items) - 1
         texts = list(dict.fromkeys(text for _, text in items))  # identical texts once
         responses.append({"turn": turn, "time": turn_time(turn, fps), "text": MERGE_SEPARATOR.join(texts)})
+    standby = standby_turns(task, raw_sample["answers"], q_turn, n, by_turn, fps)
     stats["records"] += 1
     stats["turns"] += n
     stats["response_turns"] += len(responses)
     stats["silence_turns"] += n - len(responses)
     stats["silence_turns_from_question"] += n - q_turn - len(responses)
+    stats["standby_turns"] += len(standby)  # a subset of the silent turns (two-state models keep them silent)
     return {
         "id": raw_sample["id"],
         "task": task,
@@ -118,6 +152,7 @@ def build_sft_record(raw_sample: dict, fps: float = 1.0, stats: Counter | None =
         "system": raw_sample.get("system"),
         "questions": [{"turn": q_turn, "time": turn_time(q_turn, fps), "text": raw_sample["question"]}],
         "responses": responses,
+        "standby": standby,
     }
 
 
@@ -161,8 +196,8 @@ def window_records(record: dict, window_turns: int, window_stride: int | None = 
                    stats: Counter | None = None) -> list[dict]:
     """``record`` cut into the engine's contexts when it is longer than the window, else ``[record]``.
 
-    Each window record is ``record`` with ``id`` ``"{id}#w{j}"``, the questions and responses on its
-    turns, and ``window = {"turns": [...], "label_from": start}``: the kept turns, then turns
+    Each window record is ``record`` with ``id`` ``"{id}#w{j}"``, the questions, responses and
+    standby turns on its turns, and ``window = {"turns": [...], "label_from": start}``: the kept turns, then turns
     ``start .. end - 1`` (:func:`engine_windows`). The collator encodes exactly those turns, each
     with its own time tag, and supervises only turns ``>= label_from``: the kept ones are context
     with their ground-truth assistant turns as inputs (teacher forcing). ``num_turns``, ``duration``
@@ -189,6 +224,7 @@ def window_records(record: dict, window_turns: int, window_stride: int | None = 
             "id": f"{record['id']}#w{j}",
             "questions": [q for q in record["questions"] if q["turn"] in in_window],
             "responses": [r for r in record["responses"] if r["turn"] in in_window],
+            **({"standby": [k for k in record["standby"] if k in in_window]} if "standby" in record else {}),
             "window": {"turns": turns, "label_from": start},
         })
     stats["windowed_streams"] += 1
@@ -234,7 +270,8 @@ _CARD_INTRO = {
         "Streaming SFT conversations for StreamPro: one row per conversation; one turn per frame "
         "sampled at `fps`; `questions` and `responses` name their turns (0-based; turn k shows the "
         "frame at `(k + 1) / fps` s and is tagged `<k/fps s-(k+1)/fps s>`); every other turn is "
-        "`</Silence>`. Response texts exclude the `</Response>` token."
+        "`</Silence>` (`standby` lists the turns a three-state model marks `</Standby>`: an event under way, "
+        "not yet to answer). Response texts exclude the `</Response>` token."
     ),
     "rl": (
         "RL samples for StreamPro GRPO: question, question time and ground-truth answers in the "

@@ -1,7 +1,7 @@
 """SFT collator: streaming-conversation records → one padded batch of model inputs with labels.
 
 A record is what ``streampro data build sft`` writes (``{id, task, video, duration, fps,
-num_turns, system, questions: [{turn, time, text}], responses: [{turn, time, text}]}``). Frames
+num_turns, system, questions: [{turn, time, text}], responses: [{turn, time, text}], standby: [turn, ...]}``). Frames
 are decoded lazily here, at training time (one frame per turn at the record's fps, through
 :func:`~streampro.dataset_scripts.frames.load_record_frames` and its optional on-disk cache), and
 the label logic is the processor's own
@@ -11,6 +11,11 @@ so training sees exactly the token layout the streaming loop produces.
 Batch keys: ``input_ids``, ``attention_mask``, ``labels`` (B, L) right-padded (labels -100 on
 padding), ``mm_token_type_ids`` (B, L), ``pixel_values`` (sum of patches over the batch, D) and
 ``image_grid_thw`` (sum of frames, 3), concatenated in batch order (the Qwen-VL convention).
+
+Three states (docs/data.md §3): with a processor whose tokenizer has ``</Standby>``
+(``processor.standby_token_id`` set) the record's ``standby`` turns are closed with ``</Standby>``
+and supervised; a record without ``standby`` is refused (it predates the labels: rebuild it). A
+two-state processor ignores them: they stay silent turns, exactly as before.
 
 Training windows: a record with ``window = {"turns", "label_from"}`` (``streampro data build sft
 --window-turns``) is encoded as the engine's context after a slide — only those turns, labels from
@@ -79,6 +84,21 @@ def _window(record: dict) -> tuple[list[int] | None, int]:
             f"got {window!r}; rebuild it with `streampro data build sft --window-turns W`"
         )
     return [int(k) for k in window["turns"]], int(window["label_from"])
+
+
+def _standby(record: dict, processor) -> dict:
+    """``{"standby": [turn, ...]}`` for a three-state processor, ``{}`` for a two-state one (the turns stay silent)."""
+    if getattr(processor, "standby_token_id", None) is None:
+        return {}
+    turns = record.get("standby")
+    if turns is None:
+        raise RecordError(
+            f"{_record_name(record)} has no 'standby' turns but the model is three-state (its tokenizer has "
+            "</Standby>); rebuild the records with `streampro data build sft` (or `streampro data synth`)"
+        )
+    if not isinstance(turns, list):
+        raise RecordError(f"{_record_name(record)}: field 'standby' must be a list of turn indices, got {turns!r}")
+    return {"standby": [int(k) for k in turns]}
 
 
 def mrope_position_ids(input_ids: torch.Tensor, image_grid_thw: torch.Tensor, image_token_id: int,
@@ -163,6 +183,7 @@ class StreamingSFTCollator:
     def encode(self, record: dict, frames=None):
         """The processor's :class:`StreamEncoding` of one record (frames loaded if not given)."""
         turns, label_from = _window(record)
+        standby = _standby(record, self.processor)
         frames = self.load_frames(record) if frames is None else frames
         try:
             return self.processor.encode_conversation(
@@ -173,6 +194,7 @@ class StreamingSFTCollator:
                 system=record.get("system"),
                 turns=turns,
                 label_from=label_from,
+                **standby,
             )
         except ValueError as e:
             raise RecordError(f"{_record_name(record)}: {e}") from e

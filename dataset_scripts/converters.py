@@ -283,7 +283,10 @@ def read_streamo(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
 
     The first question is used (further ones are counted, ``extra_question_ignored``). A response
     with ``st_time``/``end_time`` is an event span; one with only ``time`` is instant. For
-    timestamp tasks a span answers at its end; for EU/TP/TG an instant answer at t becomes the
+    timestamp tasks a span answers at its end and keeps Streamo's own span as ``start`` (its
+    ``st_time``; the turns from it to the answer are Standby for three-state training, docs/data.md
+    §3); an instant answer has no ``start``, and neither has a reversed or negative span
+    (``streamo_span_start_dropped``). For EU/TP/TG an instant answer at t becomes the
     one-turn span [t − 1, t]. Durations come from the videos or are estimated.
     """
     data = _load_json(path)
@@ -319,7 +322,13 @@ def read_streamo(path: Path, task: str, stats: Counter) -> Iterator[Candidate]:
             else:
                 raise RawFormatError(f"{where}: response[{j}] has neither st_time/end_time nor time")
             if task in TIMESTAMP_TASKS:
-                answers.append({"text": text, "time": span[1]})
+                answer = {"text": text, "time": span[1]}
+                if st is not None and en is not None:
+                    if 0 <= st <= en:
+                        answer["start"] = st
+                    else:  # a reversed or negative span: the answer time stands, its start is unknown
+                        stats["streamo_span_start_dropped"] += 1
+                answers.append(answer)
             else:
                 answers.append({"text": format_segment(*span) if task in SEGMENT_TASKS else text,
                                 "start": span[0], "end": span[1]})

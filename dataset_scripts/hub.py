@@ -52,7 +52,7 @@ def features(kind: str):
         window = {"turns": List(Value("int64")), "label_from": Value("int64")}  # null: the whole stream
         return Features({"id": string, "task": string, "video": string, "duration": seconds, "fps": seconds,
                          "num_turns": Value("int64"), "system": string, "questions": List(turn),
-                         "responses": List(turn), "window": window})
+                         "responses": List(turn), "standby": List(Value("int64")), "window": window})
     raise ValueError(f"unknown dataset kind {kind!r}; use one of {list(KINDS)}")
 
 
@@ -63,7 +63,9 @@ def _typed_row(kind: str, row: dict) -> dict:
         row = {**row, "answers": [{"text": a["text"], **{k: a.get(k) for k in ("time", "start", "end")}}
                                   for a in row["answers"]]}
     if kind == "sft":
-        row = {"window": None, **row}  # only training windows (`data build sft --window-turns`) carry one
+        # only training windows (`data build sft --window-turns`) carry a window; a split built before
+        # standby labels existed has none (null)
+        row = {"window": None, "standby": None, **row}
     if kind == "rl" and row.get("rubric") is not None:
         row["rubric"] = [{**item, "rubric_id": str(item["rubric_id"])} for item in row["rubric"]]
     return row
@@ -146,7 +148,8 @@ shard holds the same rows for the `streampro` commands. Times are seconds from t
   `{rubric_id, dimension, rubric}` written by `streampro data rubrics`).
 - **sft** (streaming conversations): `id`, `task`, `video`, `duration`, `fps`, `num_turns`, `system`,
   `questions` and `responses` — lists of `{turn, time, text}`; turn k shows the frame at
-  `(k + 1) / fps` s; every turn without a response is `</Silence>`; `window` is null, or for a
+  `(k + 1) / fps` s; every turn without a response is `</Silence>`, except that a three-state model
+  says `</Standby>` on the turns in `standby` (an event under way, not yet to answer); `window` is null, or for a
   training window of a longer stream `{turns, label_from}`: the turns in context and the first supervised one.
 - `video` is a path relative to this folder (not the `datasets` Video feature: its decoder,
   torchcodec, ships CUDA-only wheels that do not load with a CPU torch). Read frames with

@@ -12,6 +12,9 @@ per line of a ``*.jsonl`` file)::
 It is a superset of the metric's reference format (issue 4); :func:`to_reference` gives that view.
 Answers carry ``time`` (the best response time t* of docs/method.md §2) for the timestamp tasks OU, AA,
 GP, RF, and ``start``/``end`` for EU/TP (the event span) and TG (the segment; t* is its end).
+A timestamp answer may also carry ``start`` (0 <= start <= time): when the event it answers began.
+The metric never reads it (:func:`to_reference` leaves it out); the SFT builder labels the turns from
+it to t* Standby for three-state models (docs/data.md §3).
 ``system`` (optional) overrides the model's default system prompt; ``meta`` (optional) keeps
 source-specific facts (e.g. ``duration_estimated``) and never reaches the built datasets.
 
@@ -113,13 +116,20 @@ def validate_raw(sample, where: str = "sample") -> dict:
         if not isinstance(ans.get("text"), str) or not ans["text"].strip():
             raise RawFormatError(f"{where}: field '{field}.text' must be a non-empty string")
         if task in TIMESTAMP_TASKS:
-            if "time" not in ans or "start" in ans or "end" in ans:
+            if "time" not in ans or "end" in ans:
                 raise RawFormatError(
-                    f"{where}: field '{field}' needs 'time' (and no start/end) for task {task}"
+                    f"{where}: field '{field}' needs 'time' (an optional 'start', no 'end') for task {task}"
                 )
             t = _number(ans["time"], f"{field}.time", where)
             if t > duration:
                 raise RawFormatError(f"{where}: field '{field}.time' {t} is after the video end {duration}")
+            if "start" in ans:
+                s = _number(ans["start"], f"{field}.start", where)
+                if not 0 <= s <= t:
+                    raise RawFormatError(
+                        f"{where}: field '{field}.start' {s} must be in [0, time = {t}]: the event starts before "
+                        "it is answered"
+                    )
         else:
             if "start" not in ans or "end" not in ans or "time" in ans:
                 raise RawFormatError(

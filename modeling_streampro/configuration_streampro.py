@@ -20,6 +20,8 @@ class StreamProConfig(PreTrainedConfig):
     Args:
         backbone (`str`): ``"qwen2_5_vl"`` or ``"qwen3_vl"``, the architecture of ``text_config`` / ``vision_config``.
         silence_token_id / response_token_id (`int`): ids of ``</Silence>`` and ``</Response>``.
+        standby_token_id (`int`, *optional*): id of ``</Standby>`` for a three-state checkpoint
+            (docs/engine.md "Three states"); ``None`` (the default) for two states.
         image_token_id, video_token_id, vision_start_token_id, vision_end_token_id: as in the backbone config.
     """
 
@@ -39,6 +41,7 @@ class StreamProConfig(PreTrainedConfig):
     vision_end_token_id: int = 151653
     silence_token_id: int | None = None
     response_token_id: int | None = None
+    standby_token_id: int | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -53,9 +56,19 @@ class StreamProConfig(PreTrainedConfig):
                 setattr(self, key, {"model_type": f"{self.backbone}_{suffix}"})
         super().__post_init__(**kwargs)
 
+    def to_diff_dict(self) -> dict:
+        # A two-state config.json stays as it was before the optional third decision existed.
+        out = super().to_diff_dict()
+        if out.get("standby_token_id", 0) is None:
+            del out["standby_token_id"]
+        return out
+
     @classmethod
     def from_backbone_config(cls, backbone_config, tokenizer=None, **kwargs) -> StreamProConfig:
-        """Wrap a native ``Qwen2_5_VLConfig`` / ``Qwen3VLConfig``; decision ids come from ``tokenizer``."""
+        """Wrap a native ``Qwen2_5_VLConfig`` / ``Qwen3VLConfig``; decision ids come from ``tokenizer``.
+
+        ``standby_token_id`` is set when the tokenizer has ``</Standby>`` (a three-state checkpoint).
+        """
         backbone = backbone_config.model_type
         if backbone not in BACKBONE_MODEL_TYPES:
             raise ValueError(
@@ -71,6 +84,8 @@ class StreamProConfig(PreTrainedConfig):
                     "streampro.backbones.add_decision_tokens (or `streampro convert-backbone`)"
                 )
             ids = {"silence_token_id": vocab["</Silence>"], "response_token_id": vocab["</Response>"]}
+            if "</Standby>" in vocab:
+                ids["standby_token_id"] = vocab["</Standby>"]
         return cls(
             backbone=backbone,
             text_config=backbone_config.text_config.to_dict(),

@@ -10,7 +10,7 @@ failed judge call is never a 0). Besides the RL-sample columns (``id``, ``task``
 ``question_time``, ``video``, ``duration``, ``answers``, ``rubric``), the trainer passes
 ``trajectory``: per completion, the list of its turns as :data:`TURN_KEYS` dicts::
 
-    {"turn": k, "time": (k + 1) / fps, "decision": "silence" | "response" | "invalid",
+    {"turn": k, "time": (k + 1) / fps, "decision": "silence" | "standby" | "response" | "invalid",
      "text": answer text ("" when silent), "closed": the model produced <|im_end|> itself,
      "forced": the turn came before the question (the loop forced silence; not a policy turn)}
 
@@ -18,8 +18,9 @@ Decisions (the paper is silent on these; change them here):
 
 - **Format turns.** R_fmt averages over the *policy's* turns (from the question's turn on); forced
   silent turns before the question are not the policy's output. A turn is well formed when it is
-  ``</Silence>`` alone (the loop closes silent turns itself) or ``</Response>`` + non-empty text
-  that the model closed with ``<|im_end|>`` and that holds no further decision token. An answer
+  ``</Silence>`` alone (the loop closes silent turns itself), ``</Standby>`` alone on a three-state
+  checkpoint (docs/engine.md, "Three states"), or ``</Response>`` + non-empty text that the model
+  closed with ``<|im_end|>`` and that holds no further decision token. An answer
   cut off at ``max_new_tokens`` is not well formed.
 - **Predictions.** Only ``response`` turns are predictions for R_turn and R_traj; an ``invalid``
   turn (first token not a decision token) is punished by R_fmt and otherwise ignored.
@@ -47,7 +48,7 @@ from streampro.metrics import (
 )
 from streampro.metrics.f1 import score_accuracy, turn_candidates
 from streampro.metrics.schema import validate_predictions, validate_reference
-from streampro.modeling_streampro.processing_streampro import RESPONSE_TOKEN, SILENCE_TOKEN
+from streampro.modeling_streampro.processing_streampro import RESPONSE_TOKEN, SILENCE_TOKEN, STANDBY_TOKEN
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +62,12 @@ RUBRIC_JUDGES = ("llm", "offline")
 
 def turn_well_formed(turn: dict) -> bool:
     """The per-turn format check of R_fmt (see the module's "Format turns" decision)."""
-    if turn["decision"] == "silence":
+    if turn["decision"] in ("silence", "standby"):
         return True
     if turn["decision"] != "response":
         return False
     text = turn["text"].strip()
-    return bool(text) and turn["closed"] and SILENCE_TOKEN not in text and RESPONSE_TOKEN not in text
+    return bool(text) and turn["closed"] and not any(t in text for t in (SILENCE_TOKEN, RESPONSE_TOKEN, STANDBY_TOKEN))
 
 
 def trajectory_predictions(trajectory: list[dict]) -> list[dict]:

@@ -95,8 +95,9 @@ def lora_config(model_args, processor):
     """LoRA on the language model's linear layers only, decision-token embedding rows trainable.
 
     The regex keeps adapters off the vision tower (whose blocks also have q/k/v-like names);
-    ``trainable_token_indices`` trains just the ``</Silence>`` / ``</Response>`` rows of the
-    input embeddings (peft's TrainableTokens), not the whole vocabulary.
+    ``trainable_token_indices`` trains just the decision rows of the input embeddings
+    (``</Silence>`` / ``</Response>``, and ``</Standby>`` for a three-state model; peft's
+    TrainableTokens), not the whole vocabulary.
     """
     from peft import LoraConfig
 
@@ -115,7 +116,7 @@ def lora_config(model_args, processor):
         use_dora=model_args.use_dora,
         bias="none",
         target_modules=rf"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.({'|'.join(names)})",
-        trainable_token_indices={"embed_tokens": [processor.silence_token_id, processor.response_token_id]},
+        trainable_token_indices={"embed_tokens": list(processor.decision_token_ids)},
     )
 
 
@@ -148,10 +149,50 @@ def load_records(path: str, limit: int | None = None):
     if not rows:
         raise ValueError(f"SFT records file {path} holds no records")
     rows = rows[:limit] if limit is not None else rows
-    if any("window" in row for row in rows):
-        # Dataset.from_list takes its columns from the first row: give every row the training-window field.
-        rows = [{"window": None, **row} for row in rows]
+    # Dataset.from_list takes its columns from the first row: give every row the optional fields any row has
+    # (training windows; standby turns, absent from records built before them: None, which a three-state
+    # collator refuses by record).
+    for key in ("window", "standby"):
+        if any(key in row for row in rows) and not all(key in row for row in rows):
+            rows = [{key: None, **row} for row in rows]
     return Dataset.from_list(rows)
+
+
+def check_standby_labels(records) -> None:
+    """Three-state training needs every record's ``standby`` turns: a RecordError names the first without."""
+    from streampro.dataset_scripts.collator import RecordError
+
+    if records is None:
+        return
+    column = records["standby"] if "standby" in records.column_names else [None] * len(records)
+    missing = next((i for i, turns in enumerate(column) if turns is None), None)
+    if missing is not None:
+        raise RecordError(
+            f"record {records[missing]['id']!r} has no 'standby' turns but the model is three-state "
+            "(decision_states 3); rebuild the records with `streampro data build sft` (or `streampro data synth`)"
+        )
+
+
+def set_decision_states(model, processor, states: int, seed: int = 0) -> None:
+    """Make ``model`` / ``processor`` have ``states`` decision states (``decision_states``, docs/training.md).
+
+    3 on a two-state model adds ``</Standby>`` (:func:`streampro.backbones.add_standby_token`; the
+    saved checkpoint is then three-state); a three-state model is refused with 2: it would stay
+    three-state at inference while its loss no longer knew ``</Standby>`` as a decision.
+    """
+    from streampro.errors import UserError
+
+    if processor.standby_token_id is not None and states == 2:
+        raise UserError(
+            f"the start model is three-state (its tokenizer has </Standby>, id {processor.standby_token_id}) but "
+            "decision_states is 2",
+            "pass --decision_states 3 (records need their `standby` turns), or start from a two-state checkpoint",
+        )
+    if states == 3 and processor.standby_token_id is None:
+        from streampro.backbones import add_standby_token
+
+        token_id = add_standby_token(processor.tokenizer, model, seed=seed)  # the processor reads it from its tokenizer
+        logger.info("decision_states 3: added </Standby> (id %d) to the start model", token_id)
 
 
 def build_trainer(script_args, training_args, model_args):
@@ -161,6 +202,7 @@ def build_trainer(script_args, training_args, model_args):
 
     model, processor = load_model(script_args.model, script_args.tiny_seed, model_args.dtype,
                                   model_args.attn_implementation)
+    set_decision_states(model, processor, script_args.decision_states, training_args.seed)
     model.train()
     collator = StreamingSFTCollator(
         processor,
@@ -171,6 +213,9 @@ def build_trainer(script_args, training_args, model_args):
     )
     train = load_records(script_args.train_file, script_args.max_train_samples)
     evals = load_records(script_args.eval_file) if script_args.eval_file else None
+    if processor.standby_token_id is not None:  # before training, not at the first batch that has such a record
+        for data in (train, evals):
+            check_standby_labels(data)
     trainer = StreamProSFTTrainer(
         model=model,
         args=training_args,

@@ -172,6 +172,16 @@ class SFTScriptArguments:
         default=None, metadata={"help": "Use only the first N training records (smoke runs)."}
     )
     tiny_seed: int = field(default=0, metadata={"help": "Weight seed of a 'tiny:' model."})
+    decision_states: int = field(
+        default=2,
+        metadata={
+            "help": "2: </Silence> and </Response> (StreamPro). 3: also Streamo's </Standby>, trained on the records' "
+            "`standby` turns; a two-state start model gets the token (embedding row = mean of the others + 1 % "
+            "noise, seeded by `seed`) and the final checkpoint is three-state (docs/training.md, 'Three states'). "
+            "A three-state start model needs 3.",
+            "choices": [2, 3],
+        },
+    )
 
     def __post_init__(self):
         # An empty string on the command line (`--eval_file ""`) switches an optional path off.
@@ -180,5 +190,8 @@ class SFTScriptArguments:
                 setattr(self, name, None)
         if self.train_file is None:
             raise ValueError("train_file is required: pass --train_file RECORDS.jsonl or set it in the recipe")
+        if self.decision_states not in (2, 3):
+            raise ValueError(f"decision_states must be 2 (silence, response) or 3 (plus standby), got "
+                             f"{self.decision_states}")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"max_train_samples must be >= 1, got {self.max_train_samples}")

@@ -4,7 +4,9 @@ The only change to the training computation w.r.t. ``SFTTrainer`` is ``compute_l
 weights on TRL's fused per-token log-probabilities (``model(**inputs, fused_lm_head=True)``, no
 full-vocabulary logits), normalised exactly like ``SFTTrainer``'s own loss (by the trainer's
 ``num_items_in_batch`` = supervised tokens of the global batch), so gradient accumulation and DDP
-give the same normalisation as one large batch. ``__init__`` only bridges configuration: it
+give the same normalisation as one large batch. The decision classes are the processor's
+``decision_token_ids``: ``</Silence>``, ``</Response>`` and, for a three-state model, ``</Standby>``
+(the class weights are defined for any number of classes). ``__init__`` only bridges configuration: it
 freezes the vision tower when asked, lets ``SFTTrainer`` validate its own ``loss_type`` names,
 and tells ``Trainer`` that this loss takes ``num_items_in_batch``. ``_load_from_checkpoint``
 fixes resuming (Trainer's loader silently skips transformers 5's renamed Qwen-VL weights).
@@ -191,7 +193,8 @@ class StreamProSFTTrainer(SFTTrainer):
         processor = kwargs.get("processing_class")
         if processor is None or not hasattr(processor, "silence_token_id"):
             raise TypeError("StreamProSFTTrainer needs processing_class=StreamProProcessor (it names the decision tokens)")
-        self.decision_ids = (processor.silence_token_id, processor.response_token_id)
+        # (silence, response) or, three-state, (silence, response, standby): the loss's decision classes.
+        self.decision_ids = tuple(processor.decision_token_ids)
         apply_vision_freeze(model, args)
         if args.pack_streams and use_packed_sdpa(model):
             logger.info("pack_streams: attention %s (SDPA stream by stream)", PACKED_SDPA)
@@ -314,42 +317,50 @@ class StreamProSFTTrainer(SFTTrainer):
 
     @torch.no_grad()
     def _log_stream_metrics(self, mode, outputs, targets, mask, counts, inputs) -> None:
-        """Per-step decision statistics through TRL's ``_metrics`` (averaged over each logging interval)."""
-        silence, response = self.decision_ids
+        """Per-step decision statistics through TRL's ``_metrics`` (averaged over each logging interval).
+
+        Per class (silence, response and, three-state, standby): its count and weight; plus the
+        decision accuracy and the response recall (and, three-state, the standby recall).
+        """
+        names = ("silence", "response", "standby")[: len(self.decision_ids)]
         correct = outputs.is_top1.bool() & mask
-        is_resp = (targets == response) & mask
-        is_dec = ((targets == silence) & mask) | is_resp
+        is_class = [(targets == c) & mask for c in self.decision_ids]
+        is_dec = torch.stack(is_class).any(0)
         if self.args.loss_type == "cb_stream":
             class_w = cb_stream_class_weights(counts, self.args.cb_beta)
         elif self.args.loss_type == "focal":
             class_w = focal_class_weights(counts)
         else:
-            class_w = torch.ones(2)
+            class_w = torch.ones(len(names))
         local = torch.stack(
             [
                 counts[0].float(),
                 counts[1].float(),
                 (correct & is_dec).sum().float(),
-                (correct & is_resp).sum().float(),
+                (correct & is_class[1]).sum().float(),
                 mask.sum().float(),
                 correct.sum().float(),
                 outputs.entropy.sum().float(),
+                *[x for c in range(2, len(names)) for x in (counts[c].float(), (correct & is_class[c]).sum().float())],
             ]
         )
         gathered = self.accelerator.gather_for_metrics(local[None])
-        n_sil, n_resp, dec_ok, resp_ok, n_tok, n_ok, ent = gathered.sum(0).tolist()
-        # The weights actually used: one pair per micro-batch and rank, averaged over ranks.
-        w_sil, w_resp = self.accelerator.gather_for_metrics(class_w.to(local.device)[None]).mean(0).tolist()
+        n_sil, n_resp, dec_ok, resp_ok, n_tok, n_ok, ent, *more = gathered.sum(0).tolist()
+        n = [n_sil, n_resp, *more[0::2]]
+        # The weights actually used: one per class, micro-batch and rank, averaged over ranks.
+        weights = self.accelerator.gather_for_metrics(class_w.to(local.device)[None]).mean(0).tolist()
         metrics = self._metrics[mode]
-        metrics["decision/silence_count"].append(n_sil)
-        metrics["decision/response_count"].append(n_resp)
+        for name, count in zip(names, n):
+            metrics[f"decision/{name}_count"].append(count)
         if self.args.loss_type != "ce":
-            metrics["decision/silence_weight"].append(w_sil)
-            metrics["decision/response_weight"].append(w_resp)
-        if n_sil + n_resp > 0:
-            metrics["decision/accuracy"].append(dec_ok / (n_sil + n_resp))
+            for name, w in zip(names, weights):
+                metrics[f"decision/{name}_weight"].append(w)
+        if sum(n) > 0:
+            metrics["decision/accuracy"].append(dec_ok / sum(n))
         if n_resp > 0:
             metrics["decision/response_recall"].append(resp_ok / n_resp)
+        if len(names) > 2 and n[2] > 0:
+            metrics["decision/standby_recall"].append(more[1] / n[2])
         metrics["mean_token_accuracy"].append(n_ok / n_tok if n_tok else 0.0)
         metrics["entropy"].append(ent / n_tok if n_tok else 0.0)
         if mode == "train":

@@ -9,7 +9,8 @@ every machine) and the PIL image processor (no torchvision needed).
 :func:`add_decision_tokens` is the same operation for a real Qwen-VL tokenizer + model: add
 ``</Silence>`` / ``</Response>`` as special tokens, resize the embeddings and initialise the new
 rows sensibly (mean of existing rows plus a small deterministic perturbation) so a converted
-checkpoint starts from the base model's behaviour.
+checkpoint starts from the base model's behaviour. :func:`add_standby_token` adds the optional
+third decision, ``</Standby>``, the same way (a three-state checkpoint, docs/engine.md "Three states").
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from streampro.modeling_streampro.processing_streampro import (
     QWEN_SPECIAL_TOKENS,
     RESPONSE_TOKEN,
     SILENCE_TOKEN,
+    STANDBY_TOKEN,
     StreamProProcessor,
 )
 
@@ -249,6 +251,7 @@ def build_tiny_backbone(
     max_pixels: int = 112 * 112,
     streampro: bool = False,
     tokenizer_version: str = TINY_TOKENIZER,
+    standby: bool = False,
     **sizes,
 ) -> TinyBackbone:
     """Build a tiny, randomly initialised Qwen-VL model and its StreamPro processor, deterministically.
@@ -256,6 +259,8 @@ def build_tiny_backbone(
     ``streampro=False`` returns transformers' own ``*ForConditionalGeneration`` (a "base
     checkpoint"); ``streampro=True`` returns ``StreamProForConditionalGeneration`` with the
     same weights. Same ``seed``, sizes and ``tokenizer_version`` → identical weights and token ids.
+    ``standby=True`` makes it three-state: :func:`add_standby_token` on the two-state model (the
+    weights and token ids of the two-state build, plus one row for ``</Standby>``).
     """
     _check_backbone(backbone)
     tokenizer = build_tiny_tokenizer(version=tokenizer_version)
@@ -273,6 +278,8 @@ def build_tiny_backbone(
     finally:
         torch.random.set_rng_state(generator_state)
     model.eval()
+    if standby:
+        add_standby_token(tokenizer, model, seed=seed)
     processor = StreamProProcessor(
         image_processor=build_image_processor(backbone, min_pixels, max_pixels), tokenizer=tokenizer
     )
@@ -288,9 +295,37 @@ def add_decision_tokens(tokenizer, model=None, *, seed: int = 0) -> list[int]:
     alone. Returns the ids of the decision tokens.
     """
     missing = [t for t in DECISION_TOKENS if t not in tokenizer.get_vocab()]
+    ids = _add_special_tokens(tokenizer, model, list(DECISION_TOKENS), missing, seed)
+    if missing:
+        logger.info("added decision tokens %s with ids %s", missing, tokenizer.convert_tokens_to_ids(missing))
+    return ids
+
+
+def add_standby_token(tokenizer, model=None, *, seed: int = 0) -> int:
+    """Make a two-state checkpoint three-state: add ``</Standby>`` (docs/engine.md "Three states").
+
+    The new embedding rows are initialised as in :func:`add_decision_tokens`; ``model.config``
+    (a ``StreamProConfig``, or a base config that takes the attribute) gets ``standby_token_id``.
+    The decision tokens must be there already. A no-op returning the id when the token exists.
+    """
+    vocab = tokenizer.get_vocab()
+    absent = [t for t in DECISION_TOKENS if t not in vocab]
+    if absent:
+        raise ValueError(f"tokenizer lacks the decision tokens {absent}; add them first with add_decision_tokens")
+    missing = [] if STANDBY_TOKEN in vocab else [STANDBY_TOKEN]
+    (token_id,) = _add_special_tokens(tokenizer, model, [STANDBY_TOKEN], missing, seed)
+    if model is not None:
+        model.config.standby_token_id = token_id
+    if missing:
+        logger.info("added %s with id %d", STANDBY_TOKEN, token_id)
+    return token_id
+
+
+def _add_special_tokens(tokenizer, model, tokens: list[str], missing: list[str], seed: int) -> list[int]:
+    """Add ``missing`` (a subset of ``tokens``) as special tokens; new embedding rows = mean + 1 % noise."""
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
-    ids = tokenizer.convert_tokens_to_ids(list(DECISION_TOKENS))
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
     if model is None or not missing:
         return ids
     old_in = model.get_input_embeddings().weight
@@ -310,7 +345,6 @@ def add_decision_tokens(tokenizer, model=None, *, seed: int = 0) -> list[int]:
             for i in new_ids:
                 noise = torch.randn(w.shape[1], generator=gen) * std * 0.01
                 w[i] = (mean + noise).to(w.dtype)
-    logger.info("added decision tokens %s with ids %s", missing, new_ids)
     return ids
 
 
@@ -320,8 +354,10 @@ __all__ = [
     "TINY_TOKENIZER",
     "TINY_TOKENIZERS",
     "SILENCE_TOKEN",
+    "STANDBY_TOKEN",
     "TinyBackbone",
     "add_decision_tokens",
+    "add_standby_token",
     "build_image_processor",
     "build_tiny_backbone",
     "build_tiny_tokenizer",

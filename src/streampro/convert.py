@@ -5,7 +5,8 @@ conversion), add the decision tokens to the tokenizer and resize/initialise the 
 wrap the weights in ``StreamProForConditionalGeneration`` (same parameter names, so the state
 dict moves over strictly), and save weights + remote code + processor (tokenizer with the
 StreamPro chat template, PIL image processor) and a model card (``streampro.modelcard``) to the
-output directory.
+output directory. ``three_state=True`` (``--three-state``) also adds ``</Standby>``: a three-state
+checkpoint (docs/engine.md, "Three states (Streamo)"), which the model card says.
 
 Frames get a streaming pixel budget, not the base model's offline one: at most
 ``STREAMING_MAX_PIXELS`` (448×448) per frame, 256 vision tokens on Qwen2.5-VL (28-px merged
@@ -35,17 +36,19 @@ def convert_backbone(
     overwrite: bool = False,
     base_model: str | None = None,
     license: str | None = None,
+    three_state: bool = False,
 ) -> Path:
     """Convert ``src`` into a StreamPro checkpoint in ``dst``; returns ``dst``.
 
     ``max_pixels`` defaults to ``STREAMING_MAX_PIXELS``; ``min_pixels`` to the base processor's.
     ``base_model`` is the Hub id the card names (default: read from a Hugging Face cache path).
     ``license`` defaults to the licence in ``src/README.md`` (a Hub download has one), else "other".
+    ``three_state`` adds ``</Standby>`` after the two decision tokens (``add_standby_token``).
     """
     import torch
     from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
 
-    from streampro.backbones import add_decision_tokens
+    from streampro.backbones import add_decision_tokens, add_standby_token
     from streampro.modelcard import frames_note, hub_id_from_path, read_card_data, write_model_card
     from streampro.modeling_streampro.configuration_streampro import BACKBONE_MODEL_TYPES, StreamProConfig
     from streampro.modeling_streampro.modeling_streampro import StreamProForConditionalGeneration
@@ -66,6 +69,8 @@ def convert_backbone(
     base = AutoModelForImageTextToText.from_pretrained(src, dtype=torch_dtype)
     tokenizer = AutoTokenizer.from_pretrained(src)
     add_decision_tokens(tokenizer, base)
+    if three_state:
+        add_standby_token(tokenizer, base)
     tokenizer.chat_template = CHAT_TEMPLATE
 
     config = StreamProConfig.from_backbone_config(base.config, tokenizer)
@@ -105,6 +110,8 @@ def convert_backbone(
         license_name=base_card.get("license_name"),
         license_link=base_card.get("license_link"),
         frames=frames_note(image_processor, config.backbone),
+        three_state=config.standby_token_id is not None,
     )
-    logger.info("wrote StreamPro checkpoint (%s backbone) to %s", config.backbone, dst)
+    states = "three-state" if config.standby_token_id is not None else "two-state"
+    logger.info("wrote %s StreamPro checkpoint (%s backbone) to %s", states, config.backbone, dst)
     return dst

@@ -23,12 +23,13 @@ def print_events(events, out_path: str | None = None, stream=None) -> list[dict]
             if out:
                 out.write(json.dumps(rec) + "\n")
                 out.flush()
-            if silent_from is not None and (ev.question or ev.decision != "silence"):
+            quiet = ev.decision in ("silence", "standby")  # standby: a three-state model's quiet turn
+            if silent_from is not None and (ev.question or not quiet):
                 print(f"           (silent {silent_from:g}-{ev.time - 1:g}s)", file=stream)
                 silent_from = None
             if ev.question:
                 print(f"[{ev.time:7.1f}s] question: {ev.question}", file=stream, flush=True)
-            if ev.decision == "silence":
+            if quiet:
                 silent_from = ev.time if silent_from is None else silent_from
                 continue
             p = "" if ev.p_response is None else f"  (p={ev.p_response:.2f})"

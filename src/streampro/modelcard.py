@@ -95,12 +95,14 @@ def streampro_model_card(
     training: str | None = None,
     frames: str | None = None,
     evaluation: dict | None = None,
+    three_state: bool = False,
 ) -> ModelCard:
     """The card of one StreamPro checkpoint.
 
     ``stage`` is one of ``STAGES``; ``repo_id`` is the Hub id the examples load (default
     ``<org>/<model_name>``, filled in after ``hf upload``); ``training`` / ``frames`` are one-line
-    notes (how it was trained, the per-frame resolution); ``evaluation`` adds the F1 table.
+    notes (how it was trained, the per-frame resolution); ``evaluation`` adds the F1 table;
+    ``three_state``: the checkpoint has ``</Standby>`` (docs/engine.md, "Three states (Streamo)").
     """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {sorted(STAGES)}, got {stage!r}")
@@ -113,7 +115,8 @@ def streampro_model_card(
         license_name=license_name,
         license_link=license_link,
         datasets=datasets or None,
-        tags=sorted({"streampro", "streaming", "video", "custom_code", backbone, *tags}),
+        tags=sorted({"streampro", "streaming", "video", "custom_code", backbone, *tags,
+                     *(("three-state",) if three_state else ())}),
         model_name=model_name,
     )
     repo = repo_id or f"<org>/{model_name}"
@@ -127,6 +130,12 @@ def streampro_model_card(
         "to answer the question. The weights have the layout of transformers' "
         f"{backbone_name} class; the streaming loop ships as remote code (`trust_remote_code=True`).",
         "",
+        *([
+            "**Three-state checkpoint** (Streamo-style): a third decision, `</Standby>`, says the event asked "
+            "about is under way but not over yet; the turn closes without output, like a silent one "
+            '(`event.decision == "standby"`), and `p_response` is renormalised over the three decision tokens.',
+            "",
+        ] if three_state else []),
         "## Streaming",
         "",
         "```python",
@@ -226,6 +235,7 @@ def trained_model_card(model, processor, *, stage: str, model_name: str, repo_id
         tags=("trl", stage, *tags),
         training=training,
         frames=frames_note(processor.image_processor, model.config.backbone) if processor is not None else None,
+        three_state=getattr(model.config, "standby_token_id", None) is not None,
     )
 
 

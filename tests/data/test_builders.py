@@ -49,7 +49,8 @@ def test_label_placement_per_task(task, answers, expected):
 def test_record_fields_and_fps_two():
     record = build_sft_record(_raw("OU", [{"text": "x", "time": 3.2}], duration=10.0, question_time=1.0,
                                    system="custom prompt"), fps=2.0)
-    assert set(record) == {"id", "task", "video", "duration", "fps", "num_turns", "system", "questions", "responses"}
+    assert set(record) == {"id", "task", "video", "duration", "fps", "num_turns", "system", "questions", "responses",
+                           "standby"}
     assert record["num_turns"] == 20 and record["fps"] == 2.0 and record["system"] == "custom prompt"
     assert record["questions"][0]["turn"] == 1  # 1.0 s at 2 fps is the turn ending at 1.0 s
     assert _turns(record) == [(6, 3.5, "x")]

@@ -123,3 +123,26 @@ def test_bad_records_raise_clear_errors(tiny, tmp_path):
     early = {**records[0], "responses": [{"turn": 0, "time": 1.0, "text": "too early"}]}
     with pytest.raises(RecordError, match="clip0.*before the first question"):
         collate([early])
+
+
+def test_standby_turns_follow_the_processor(tiny, tmp_path):
+    """Three-state: ``standby`` turns are supervised ``</Standby>`` (padded and packed alike); two-state: silent as before."""
+    from streampro.modeling_streampro.processing_streampro import STANDBY_TOKEN
+
+    records = make_records(tmp_path, SPECS)
+    with_standby = [{**records[0], "standby": [3]}, {**records[1], "standby": [0]}]
+    # Two-state: the standby turns are ignored, the batch is exactly that of records without them.
+    two = StreamingSFTCollator(tiny.processor, frames_root=tmp_path)
+    before, after = two(records), two(with_standby)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # Three-state (the same tiny model plus </Standby>).
+    three = build_tiny_backbone(tiny.backbone, streampro=True, standby=True).processor
+    for pack in (False, True):
+        batch = StreamingSFTCollator(three, frames_root=tmp_path, pack=pack)(with_standby)
+        supervised = batch["labels"][batch["labels"] != -100]
+        expected = (SILENCE_TOKEN + RESPONSE_TOKEN + "it turned red<|im_end|>" + STANDBY_TOKEN + RESPONSE_TOKEN
+                    + "it turned blue<|im_end|>" + STANDBY_TOKEN + RESPONSE_TOKEN + "a green circle appeared<|im_end|>"
+                    + SILENCE_TOKEN)
+        assert three.tokenizer.decode(supervised, skip_special_tokens=False) == expected
+    with pytest.raises(RecordError, match="clip0.* no 'standby' turns .*rebuild the records with `streampro data build sft`"):
+        StreamingSFTCollator(three, frames_root=tmp_path)(records)

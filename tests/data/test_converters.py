@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from streampro.dataset_scripts.converters import MissingVideoError, convert
-from streampro.dataset_scripts.schema import RawFormatError, read_raw
+from streampro.dataset_scripts.schema import RawFormatError, read_raw, to_reference
 
 ANN = Path(__file__).resolve().parents[3] / "shared" / "data" / "annotations"
 
@@ -118,7 +118,21 @@ def test_streamo_format(tmp_path):
     assert s["answers"] == [{"text": "It jumps.", "start": 5.0, "end": 8.0},
                             {"text": "It sits.", "start": 11.0, "end": 12.0}]
     convert("streamo", ann, tmp_path / "ou.jsonl", task="OU", progress=False)
-    assert [a["time"] for a in read_raw(tmp_path / "ou.jsonl")[0]["answers"]] == [8.0, 12.0]
+    # A timestamp task keeps Streamo's span start (Standby labels); the instant answer has none.
+    assert read_raw(tmp_path / "ou.jsonl")[0]["answers"] == [{"text": "It jumps.", "time": 8.0, "start": 5.0},
+                                                            {"text": "It sits.", "time": 12.0}]
+    assert to_reference(read_raw(tmp_path / "ou.jsonl")[0])["answers"][0] == {"text": "It jumps.", "time": 8.0}
+
+
+def test_streamo_reversed_span_keeps_no_start(tmp_path):
+    ann = tmp_path / "streamo.json"
+    ann.write_text(json.dumps([
+        {"video_path": "a.mp4", "question": [{"content": "Tell me when it falls.", "time": "0"}],
+         "response": [{"content": "It fell.", "st_time": "9", "end_time": "6"}]},
+    ]))
+    stats = convert("streamo", ann, tmp_path / "o.jsonl", task="AA", progress=False)
+    assert stats["streamo_span_start_dropped"] == 1
+    assert read_raw(tmp_path / "o.jsonl")[0]["answers"] == [{"text": "It fell.", "time": 6.0}]
 
 
 def test_proactivevideoqa_format(tmp_path):

@@ -165,6 +165,57 @@ def test_qwen3_vl_backbone(vllm_python, tmp_path):
     assert sum(e.decision == "response" for e in got) > 0
 
 
+def test_three_state_checkpoint(vllm_python, synth, tmp_path):
+    """The embedded model made three-state: the decision request covers </Standby> too; the PyTorch engine's events.
+
+    The new ``</Standby>`` output row is 1.05 x the mean of the silence and response rows, so it wins
+    where the model hesitates between them: these clips give every decision (docs/engine.md, "Three states").
+    """
+    import torch
+
+    from streampro.backbones import add_standby_token
+
+    model, processor = load_model_and_processor(EMBEDDED_MODEL_DIR, device="cpu")
+    standby = add_standby_token(processor.tokenizer, model)
+    silence, response = processor.silence_token_id, processor.response_token_id
+    with torch.no_grad():
+        rows = model.lm_head.weight
+        rows[standby] = 1.05 * (rows[silence] + rows[response]) / 2
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    ids = list(processor.decision_token_ids)
+    assert len(ids) == 3
+    options = dict(window_turns=5, evict_turns=2, max_new_tokens=12)
+    runs = []
+    for ref, frames in [clips(synth)[i] for i in (0, 2)]:
+        session = model.stream_session(processor, **options)
+        questions = [(ref["question_time"], ref["question"])]
+        events, margins = [], []
+        for frame in _asked(session, frames, questions):
+            events.append(session.step(frame))
+            probs = torch.softmax(session.last_decision_logits[ids], 0).sort(descending=True).values
+            margins.append(float(probs[0] - probs[1]))  # how far the arg-max is from a tie
+        runs.append((frames, questions, events, margins))
+    decisions = {e.decision for _, _, events, _ in runs for e in events}
+    assert decisions == {"silence", "response", "standby"}
+    with VLLMServer(tmp_path, python=vllm_python, extra_args=SERVER_ARGS) as url:
+        engine = VLLMEngine(url, tmp_path, processor=processor)
+        got = [list(engine.generate_stream(frames, questions, **options)) for frames, questions, _, _ in runs]
+        engine.close()
+    for (_, _, expected, margins), vllm_events in zip(runs, got):
+        assert len(expected) == len(vllm_events)
+        for a, b, margin in zip(expected, vllm_events, margins):
+            assert (a.frame_index, a.question, a.context_tokens) == (b.frame_index, b.question, b.context_tokens)
+            if a.p_response is None:
+                assert b.p_response is None and b.decision == "silence"
+                continue
+            assert b.p_response == pytest.approx(a.p_response, abs=P_TOLERANCE)
+            if margin > 2 * P_TOLERANCE:
+                assert a.decision == b.decision, (a, b)
+            if a.decision == b.decision == "response":
+                assert a.text == b.text and a.generated_ids == b.generated_ids
+
+
 def test_session_refuses_what_vllm_cannot_do(engine):
     with pytest.raises(ValueError, match="round_decay"):
         engine.session(memory="round_decay", token_budget=100)

@@ -15,7 +15,7 @@ from streampro.errors import UserError
 from streampro.serving.vllm_session import (
     VLLMClient,
     VLLMEngineError,
-    _two_way_p_response,
+    _decision_probs,
     num_image_tokens,
     prefix_cache_hit_fraction,
 )
@@ -92,15 +92,18 @@ def _choice(pairs):
                                       "top_logprobs": [{"token_id": t, "logprob": lp} for t, lp in pairs]}]}}
 
 
-def test_p_response_from_the_two_decision_logprobs():
+def test_p_response_from_the_decision_logprobs():
     p = 0.3
-    assert _two_way_p_response(_choice([(5, np.log(1 - p)), (6, np.log(p))]), 6) == pytest.approx(p)
+    assert _decision_probs(_choice([(5, np.log(1 - p)), (6, np.log(p))]), [5, 6]) == pytest.approx([1 - p, p])
+    # three states (</Standby> = 7): renormalised over the three tokens, in (silence, response, standby) order
+    assert _decision_probs(_choice([(7, np.log(0.5)), (5, np.log(0.2)), (6, np.log(0.3))]), [5, 6, 7]) == pytest.approx(
+        [0.2, 0.3, 0.5])
     with pytest.raises(VLLMEngineError, match="processed_logprobs"):  # raw logprobs over the whole vocabulary
-        _two_way_p_response(_choice([(5, np.log(0.5)), (6, np.log(0.1))]), 6)
+        _decision_probs(_choice([(5, np.log(0.5)), (6, np.log(0.1))]), [5, 6])
     with pytest.raises(VLLMEngineError, match="lack the </Response> token"):
-        _two_way_p_response(_choice([(5, 0.0)]), 6)
+        _decision_probs(_choice([(5, 0.0)]), [5, 6])
     with pytest.raises(VLLMEngineError, match="no log-probs"):
-        _two_way_p_response({"logprobs": None}, 6)
+        _decision_probs({"logprobs": None}, [5, 6])
 
 
 def test_prefix_cache_hit_fraction():

@@ -78,6 +78,8 @@ def test_format_reward_counts_policy_turns_only():
         0.0
     ]  # decision token in the text
     assert format_reward(trajectory=[[turn(0, "response", "  ")]]) == [0.0]  # empty answer
+    # a three-state checkpoint's lone </Standby> is well formed, and no decision token may sit in an answer
+    assert format_reward(trajectory=[[turn(0, "standby"), turn(1, "response", "a </Standby> b")]]) == [0.5]
     with pytest.raises(ValueError, match="no policy turn"):
         format_reward(trajectory=[[turn(0, forced=True)]])
 

@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Hub id of SRC, for the model card (default: read from a Hugging Face cache path)")
     parser.add_argument("--license", default=None,
                         help="licence for the model card (default: the one in SRC/README.md, else 'other')")
+    parser.add_argument("--three-state", action="store_true",
+                        help="also add </Standby>: a three-state (Streamo-style) checkpoint that can say the event "
+                             "is under way but not over (docs/engine.md)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out directory")
 
 
@@ -28,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = convert_backbone(args.src, args.out, dtype=args.dtype, min_pixels=args.min_pixels,
                                max_pixels=args.max_pixels, overwrite=args.overwrite,
-                               base_model=args.base_model, license=args.license)
+                               base_model=args.base_model, license=args.license, three_state=args.three_state)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         raise UserError.from_exception(e, "pass a base Qwen2.5-VL / Qwen3-VL checkpoint directory") from e
-    print(f"StreamPro checkpoint written to {out}")
+    states = "three-state " if args.three_state else ""
+    print(f"StreamPro {states}checkpoint written to {out}")
     return 0

@@ -12,10 +12,11 @@ whose scheduler batches their requests.
 Per frame (docs/vllm.md):
 
 - before the question the decision is silence (forced) and nothing is sent;
-- the decision: ``max_tokens=1`` restricted to the two decision tokens, with the server's
-  ``--logprobs-mode processed_logprobs``, so the two log-probs returned are renormalised over the
-  pair: ``p_response``. The decision rule is the engine's (threshold, arg-max, or sampling from the
-  two-way distribution with temperature / top-p);
+- the decision: ``max_tokens=1`` restricted to the checkpoint's decision tokens (two, or three with
+  ``</Standby>``: docs/engine.md, "Three states (Streamo)"), with the server's
+  ``--logprobs-mode processed_logprobs``, so the log-probs returned are renormalised over them:
+  ``p_response``. The decision rule is the engine's (threshold, arg-max, or sampling from the
+  restricted distribution with temperature / top-p); a standby decision closes the turn like silence;
 - after ``</Response>`` the answer is decoded by vLLM up to ``<|im_end|>`` or ``max_new_tokens``.
 
 Frames are sent as PNG once; later requests name them by their content hash (vLLM's multimodal
@@ -235,6 +236,9 @@ class VLLMStreamSession:
         self.engine, self.processor, self.options = engine, p, options
         self.fps, self.window_turns, self.evict_turns = options.fps, options.window_turns, options.evict_turns
         self.silence_id, self.response_id = p.silence_token_id, p.response_token_id
+        self.standby_id = getattr(p, "standby_token_id", None)  # None: a two-state checkpoint
+        # (silence, response) or (silence, response, standby), the PyTorch engine's order
+        self.decision_ids = [self.silence_id, self.response_id] + ([self.standby_id] if self.standby_id is not None else [])
         self.system_ids = p.encode_system(options.system_prompt)["input_ids"].tolist()
         self.rng = np.random.default_rng(seed)
         self.seed = seed
@@ -337,19 +341,25 @@ class VLLMStreamSession:
             return StreamEvent(t, k, "silence", "", None, generated_ids=[self.silence_id])
         ids, frames = self._prompt()
         choice = self.engine._generate(ids, frames, {
-            "max_tokens": 1, "temperature": 0.0, "allowed_token_ids": [self.silence_id, self.response_id],
-            "logprobs": 2,
+            "max_tokens": 1, "temperature": 0.0, "allowed_token_ids": list(self.decision_ids),
+            "logprobs": len(self.decision_ids),
         })
-        p_response = _two_way_p_response(choice, self.response_id)
+        probs = _decision_probs(choice, self.decision_ids)
+        p_response = probs[1]
+        # an index into decision_ids, by the PyTorch engine's rules
         if opts.response_threshold is not None:
-            respond = p_response >= opts.response_threshold
+            quiet = 2 if len(probs) == 3 and probs[2] > probs[0] else 0  # the more probable; silence on a tie
+            decision = 1 if p_response >= opts.response_threshold else quiet
         elif opts.do_sample:
-            respond = self._sample_decision(p_response)
+            decision = self._sample_decision(probs)
+        elif len(probs) == 2:
+            decision = int(p_response > 0.5)  # arg-max over (silence, response): a tie is silence
         else:
-            respond = p_response > 0.5  # arg-max over (silence, response): a tie is silence, as in PyTorch
-        if not respond:
-            turn.assistant_ids = [self.silence_id] + closing
-            return StreamEvent(t, k, "silence", "", p_response, generated_ids=[self.silence_id])
+            decision = int(np.argmax(probs))  # the first of equal ones, as torch's arg-max
+        if decision != 1:
+            token = self.decision_ids[decision]
+            turn.assistant_ids = [token] + closing
+            return StreamEvent(t, k, "silence" if decision == 0 else "standby", "", p_response, generated_ids=[token])
         answer: list[int] = []
         generated = [self.response_id]
         if opts.max_new_tokens > 0:
@@ -365,10 +375,14 @@ class VLLMStreamSession:
         text = p.decode(answer, skip_special_tokens=False).strip()
         return StreamEvent(t, k, "response", text, p_response, generated_ids=generated)
 
-    def _sample_decision(self, p_response: float) -> bool:
-        """The PyTorch engine's sampling over the two decision logits (temperature, then top-p), from ``p_response``."""
+    def _sample_decision(self, probs: list[float]) -> int:
+        """The PyTorch engine's sampling over the decision logits (temperature, then top-p): an index into them.
+
+        One uniform draw: response below P(response), then standby (three states), else silence —
+        with two states exactly the earlier ``draw < P(response)`` rule, so seeded runs are unchanged.
+        """
         opts = self.options
-        logits = np.log(np.clip([1.0 - p_response, p_response], 1e-30, 1.0)) / opts.temperature
+        logits = np.log(np.clip(probs if len(probs) > 2 else [1.0 - probs[1], probs[1]], 1e-30, 1.0)) / opts.temperature
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         if opts.top_p < 1.0:
@@ -377,24 +391,32 @@ class VLLMStreamSession:
             kept = np.zeros_like(probs)
             kept[order[keep]] = probs[order[keep]]
             probs = kept / kept.sum()
-        return bool(self.rng.random() < probs[1])
+        draw = self.rng.random()
+        if draw < probs[1]:
+            return 1
+        return 2 if len(probs) > 2 and draw < probs[1] + probs[2] else 0
 
 
-def _two_way_p_response(choice: dict, response_id: int) -> float:
-    """P(</Response>) from the decision request's two log-probs (renormalised over the pair by the server)."""
+def _decision_probs(choice: dict, decision_ids: list[int]) -> list[float]:
+    """The decision tokens' probabilities, in ``decision_ids`` order, from the decision request's log-probs.
+
+    The server renormalises them over the allowed tokens (``--logprobs-mode processed_logprobs``);
+    a decision token missing from them has probability 0, except ``</Response>`` (index 1), whose
+    absence means the server did not restrict the request.
+    """
     content = (choice.get("logprobs") or {}).get("content") or []
     if not content:
         raise VLLMEngineError("the vLLM server returned no log-probs for the decision; serve with "
                               "--logprobs-mode processed_logprobs (streampro.serving.vllm_server does)")
     top = {item["token_id"]: item["logprob"] for item in content[0].get("top_logprobs", [])}
-    if response_id not in top:
-        raise VLLMEngineError(f"the decision's log-probs lack the </Response> token ({response_id}): {sorted(top)}")
-    p = math.exp(top[response_id])
+    if decision_ids[1] not in top:
+        raise VLLMEngineError(f"the decision's log-probs lack the </Response> token ({decision_ids[1]}): {sorted(top)}")
     total = sum(math.exp(v) for v in top.values())
     if abs(total - 1.0) > 1e-3:
-        raise VLLMEngineError(f"the two decision log-probs sum to {total:.4f}, not 1: serve with "
-                              "--logprobs-mode processed_logprobs so they are renormalised over the two tokens")
-    return p
+        raise VLLMEngineError(f"the {len(decision_ids)} decision log-probs sum to {total:.4f}, not 1: serve with "
+                              f"--logprobs-mode processed_logprobs so they are renormalised over the "
+                              f"{len(decision_ids)} tokens")
+    return [math.exp(top[i]) if i in top else 0.0 for i in decision_ids]
 
 
 def num_image_tokens(processor, height: int, width: int) -> int:

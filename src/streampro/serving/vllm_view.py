@@ -1,7 +1,7 @@
 """The view of a StreamPro checkpoint that vLLM serves: the base Qwen-VL architecture, the same weights.
 
-A StreamPro checkpoint is a Qwen2.5-VL / Qwen3-VL model with two decision tokens in its vocabulary
-and remote code for streaming. vLLM knows the base architectures, not the remote code; the served
+A StreamPro checkpoint is a Qwen2.5-VL / Qwen3-VL model with two (or three) decision tokens in its
+vocabulary and remote code for streaming. vLLM knows the base architectures, not the remote code; the served
 view is a folder with the base ``config.json`` (the same sizes and token ids), the tokenizer with
 the decision tokens, a ``preprocessor_config.json`` with the checkpoint's own frame sizes, and the
 weights. Qwen2.5-VL weights are linked, not copied (StreamPro saves the names vLLM reads); Qwen3-VL
@@ -62,7 +62,8 @@ def make_vllm_view(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pat
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    base = {k: v for k, v in config.items() if k not in ("auto_map", "backbone", "silence_token_id", "response_token_id")}
+    streampro_keys = ("auto_map", "backbone", "silence_token_id", "response_token_id", "standby_token_id")
+    base = {k: v for k, v in config.items() if k not in streampro_keys}
     base.update(architectures=[architecture], model_type=model_type)
     (tmp / "config.json").write_text(json.dumps(base, indent=2) + "\n", encoding="utf-8")
     for weights in _weights(checkpoint):

@@ -11,7 +11,9 @@ mismatched weight raises instead of leaving a random initialisation behind.
 Streaming (:meth:`StreamProForConditionalGeneration.generate_stream`, :class:`StreamSession`):
 one turn per frame, each turn prefilled on top of the KV cache with explicit M-RoPE positions;
 the first assistant token is the decision; after ``</Response>`` the answer is decoded and stays
-in the context. Memory policies:
+in the context. A three-state checkpoint (``config.standby_token_id`` set) also decides
+``</Standby>``: the event is under way but not over; the turn closes without output like a silent
+one (docs/engine.md, "Three states (Streamo)"). Memory policies:
 
 * ``"window"`` (default): the context holds the system prompt, every turn in which a question
   was asked (pinned), and at most ``window_turns`` other turns. When a new turn would exceed
@@ -436,9 +438,10 @@ class StreamEvent:
 
     time: float  # the turn's time, (k + 1) / fps
     frame_index: int  # k
-    decision: str  # "silence" | "response" | "invalid" (unconstrained sampling only)
-    text: str  # the answer ("" when silent)
-    p_response: float | None  # P(</Response>) renormalised over the two decision tokens; None before the question
+    decision: str  # "silence" | "response" | "standby" (three-state only) | "invalid" (unconstrained sampling only)
+    text: str  # the answer ("" when silent or standby)
+    # P(</Response>) renormalised over the checkpoint's decision tokens (two or three); None before the question
+    p_response: float | None
     question: str | None = None  # a question asked on this turn
     generated_ids: list[int] = field(default_factory=list)  # tokens the model produced on this turn
     context_tokens: int = 0  # tokens in the KV cache after the turn
@@ -699,6 +702,14 @@ class StreamSession:
                 f"{(processor.silence_token_id, processor.response_token_id)} vs model "
                 f"{(cfg.silence_token_id, cfg.response_token_id)}; load both from the same checkpoint"
             )
+        standby_id = getattr(cfg, "standby_token_id", None)
+        if getattr(processor, "standby_token_id", None) != standby_id:
+            raise ValueError(
+                f"processor and model disagree on the standby token: the processor's tokenizer has </Standby> = "
+                f"{getattr(processor, 'standby_token_id', None)} but the model's config.standby_token_id is "
+                f"{standby_id} (a three-state checkpoint needs both, a two-state one neither); load both from "
+                "the same checkpoint"
+            )
         self.model, self.processor, self.options = model, processor, options
         self.fps, self.window_turns, self.evict_turns = options.fps, options.window_turns, options.evict_turns
         self.max_new_tokens, self.response_threshold = options.max_new_tokens, options.response_threshold
@@ -706,7 +717,9 @@ class StreamSession:
         self.memory, self.token_budget = options.memory, options.token_budget
         self.constrain_decision, self.generator = options.constrain_decision, generator
         self.inv_freq = _rope_inv_freq(model) if self.memory == "sink_window" else None
-        self.decision_ids = torch.tensor([cfg.silence_token_id, cfg.response_token_id])
+        # (silence, response) or (silence, response, standby): index 1 is always response.
+        ids = [cfg.silence_token_id, cfg.response_token_id] + ([standby_id] if standby_id is not None else [])
+        self.decision_ids = torch.tensor(ids)
         self.device = next(model.parameters()).device
         self.system_ids = processor.encode_system(options.system_prompt)["input_ids"].tolist()
         self._check_context()
@@ -983,24 +996,31 @@ class StreamSession:
         return int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
 
     def _decide_and_answer(self, turn: _Turn, logits: torch.Tensor):
-        silence_id, response_id = self.decision_ids.tolist()
-        two_way = logits[self.decision_ids.to(logits.device)]
-        p_response = float(torch.softmax(two_way, dim=-1)[1]) if self.asked else None
+        decision_ids = self.decision_ids.tolist()
+        silence_id, response_id = decision_ids[:2]
+        quiet = {silence_id: "silence"}  # decisions that close the turn without output
+        if len(decision_ids) == 3:
+            quiet[decision_ids[2]] = "standby"
+        restricted = logits[self.decision_ids.to(logits.device)]
+        p_response = float(torch.softmax(restricted, dim=-1)[1]) if self.asked else None
         if not self.asked:
             token = silence_id  # before the question the model is silent (forced)
         elif self.response_threshold is not None:
-            token = response_id if p_response >= self.response_threshold else silence_id
+            if p_response >= self.response_threshold:
+                token = response_id
+            else:  # the more probable quiet decision (silence on a tie)
+                token = decision_ids[2] if len(decision_ids) == 3 and restricted[2] > restricted[0] else silence_id
         elif self.constrain_decision:
-            token = (silence_id, response_id)[self._pick(two_way)]
+            token = decision_ids[self._pick(restricted)]
         else:
             token = self._pick(logits)
         k, time = turn.index, turn_time(turn.index, self.fps)
         eot = self.processor.end_of_turn_id
         newline = self.processor.newline_ids
-        if token == silence_id:
-            turn.assistant_ids = [silence_id, eot] + newline
+        if token in quiet:
+            turn.assistant_ids = [token, eot] + newline
             self.pending_ids = list(turn.assistant_ids)
-            return StreamEvent(time, k, "silence", "", p_response, generated_ids=[silence_id])
+            return StreamEvent(time, k, quiet[token], "", p_response, generated_ids=[token])
         # A response (or, with unconstrained sampling, some other first token): decode the turn's text.
         # The answer ends at <|im_end|> or after max_new_tokens (then the loop closes the turn itself:
         # that <|im_end|> is an input, not a generated token).

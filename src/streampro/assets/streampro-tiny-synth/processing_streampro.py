@@ -7,6 +7,7 @@ time convention (turn k ↔ time (k + 1) / fps) lives in ``time_streampro.py`` a
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import torch
 from transformers import BatchFeature, ProcessorMixin
@@ -19,7 +20,10 @@ from .time_streampro import num_turns, time_tag, turn_index_for_time, turn_time
 
 SILENCE_TOKEN = "</Silence>"
 RESPONSE_TOKEN = "</Response>"
-DECISION_TOKENS = (SILENCE_TOKEN, RESPONSE_TOKEN)
+DECISION_TOKENS = (SILENCE_TOKEN, RESPONSE_TOKEN)  # every checkpoint has these two
+# Optional third decision (Streamo-style, docs/engine.md "Three states"): the event asked about is under
+# way but not over yet. A checkpoint is three-state when its tokenizer has this token.
+STANDBY_TOKEN = "</Standby>"
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
     "<|im_start|>",
@@ -44,7 +48,7 @@ DEFAULT_SYSTEM_PROMPT = (
 
 # Renders the same text as StreamProProcessor.conversation_text (one image pad per frame,
 # expanded by the processor). Messages: system (str), user (list of {"type": "text"|"image"}),
-# assistant (str: "</Silence>" or "</Response>answer").
+# assistant (str: "</Silence>", "</Standby>" or "</Response>answer").
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n"
@@ -76,8 +80,9 @@ class StreamProProcessor(ProcessorMixin):
     """Turns a stream (system prompt, timed questions, frames, assistant turns) into model inputs.
 
     A turn is ``<|im_start|>user\\n<ks-(k+1)s><|vision_start|><|image_pad|>…<|vision_end|>{question}<|im_end|>\\n``
-    followed by ``<|im_start|>assistant\\n`` and the assistant's turn: ``</Silence><|im_end|>\\n`` or
-    ``</Response>{answer}<|im_end|>\\n``. Every turn starts with a special token and ends with a
+    followed by ``<|im_start|>assistant\\n`` and the assistant's turn: ``</Silence><|im_end|>\\n``,
+    ``</Response>{answer}<|im_end|>\\n`` or, for a three-state checkpoint (tokenizer with
+    ``</Standby>``), ``</Standby><|im_end|>\\n``. Every turn starts with a special token and ends with a
     lone ``\\n``, so tokenising the whole stream equals concatenating the per-turn encodings:
     incremental inference sees exactly what training sees.
     """
@@ -94,9 +99,23 @@ class StreamProProcessor(ProcessorMixin):
             )
         self.silence_token_id = vocab[SILENCE_TOKEN]
         self.response_token_id = vocab[RESPONSE_TOKEN]
+        self._standby = (len(tokenizer), vocab.get(STANDBY_TOKEN))  # (vocabulary size, id) it was read at
         self.image_token_id = vocab[IMAGE_PAD]
         self.end_of_turn_id = vocab[END_OF_TURN]
         self.newline_ids = self.encode_text("\n")
+
+    @property
+    def standby_token_id(self) -> int | None:
+        """The id of ``</Standby>``; ``None`` for a two-state checkpoint. Read again when the vocabulary grows."""
+        if self._standby[0] != len(self.tokenizer):  # e.g. after add_standby_token(processor.tokenizer, model)
+            self._standby = (len(self.tokenizer), self.tokenizer.get_vocab().get(STANDBY_TOKEN))
+        return self._standby[1]
+
+    @property
+    def decision_token_ids(self) -> tuple[int, ...]:
+        """``(silence, response)`` or, three-state, ``(silence, response, standby)``; index 1 is response."""
+        ids = (self.silence_token_id, self.response_token_id)
+        return ids if self.standby_token_id is None else ids + (self.standby_token_id,)
 
     # ---- text pieces ---------------------------------------------------------------
     def system_text(self, system: str | None = None) -> str:
@@ -113,8 +132,12 @@ class StreamProProcessor(ProcessorMixin):
         )
 
     @staticmethod
-    def assistant_text(response: str | None) -> str:
-        """``None`` → a silent turn; a string → a response with that answer text."""
+    def assistant_text(response: str | None, standby: bool = False) -> str:
+        """``None`` → a silent turn (``standby=True``: a standby turn); a string → a response with that answer."""
+        if standby:
+            if response is not None:
+                raise ValueError("a turn is either a standby turn or a response, not both")
+            return f"{STANDBY_TOKEN}{END_OF_TURN}\n"
         if response is None:
             return f"{SILENCE_TOKEN}{END_OF_TURN}\n"
         return f"{RESPONSE_TOKEN}{response}{END_OF_TURN}\n"
@@ -149,8 +172,22 @@ class StreamProProcessor(ProcessorMixin):
         out = self._with_mm_types(self.encode_text(self.user_text(turn_index, fps, n, question)))
         return {**out, **vision}
 
-    def encode_assistant(self, response: str | None) -> list[int]:
-        return self.encode_text(self.assistant_text(response))
+    def encode_assistant(self, response: str | None, standby: bool = False) -> list[int]:
+        return self.encode_text(self.assistant_text(response, standby))
+
+    def _standby_turns(self, standby: Iterable[int], responses: dict[int, str]) -> set[int]:
+        """Validate standby turn indices: a three-state tokenizer, and no turn that is also a response."""
+        turns = {int(k) for k in standby}
+        if turns and self.standby_token_id is None:
+            raise ValueError(
+                f"standby turns {sorted(turns)} given but the tokenizer has no {STANDBY_TOKEN} (a two-state "
+                "checkpoint); add it with streampro.backbones.add_standby_token or "
+                "`streampro convert-backbone SRC --out DST --three-state`"
+            )
+        both = sorted(turns & set(responses))
+        if both:
+            raise ValueError(f"turns {both} are both standby turns and response turns; a turn has one decision")
+        return turns
 
     # ---- whole streams ---------------------------------------------------------------
     def conversation_text(
@@ -160,12 +197,14 @@ class StreamProProcessor(ProcessorMixin):
         responses: dict[int, str],
         fps: float = 1.0,
         system: str | None = None,
+        standby: Iterable[int] = (),
     ) -> str:
-        """The whole stream as one string (image pads expanded)."""
+        """The whole stream as one string (image pads expanded); ``standby``: turns closed with ``</Standby>``."""
+        standby = self._standby_turns(standby, responses)
         parts = [self.system_text(system)]
         for k, n in enumerate(num_image_tokens):
             parts.append(self.user_text(k, fps, n, questions.get(k)))
-            parts.append(self.assistant_text(responses.get(k)))
+            parts.append(self.assistant_text(responses.get(k), k in standby))
         return "".join(parts)
 
     def encode_conversation(
@@ -177,6 +216,7 @@ class StreamProProcessor(ProcessorMixin):
         system: str | None = None,
         turns: list[int] | None = None,
         label_from: int = 0,
+        standby: Iterable[int] = (),
     ) -> StreamEncoding:
         """Encode a whole streaming conversation with SFT labels (the label builder).
 
@@ -192,25 +232,33 @@ class StreamProProcessor(ProcessorMixin):
         order (default: every turn) — the engine's kept context after a slide, each turn with its
         own time tag; only turns ``>= label_from`` are supervised, the earlier ones are context
         whose assistant tokens are inputs. Every question and response must sit on a listed turn.
+
+        ``standby`` (three-state checkpoints only, docs/engine.md "Three states"): turns closed with
+        ``</Standby><|im_end|>\\n`` instead of ``</Silence>``, supervised like a silent turn (the
+        decision token is the target, its ``<|im_end|>`` an input). A standby turn must not be a
+        response turn, must sit on a listed turn and must not come before the first question.
         """
         frames = list(frames)
         turns = list(range(len(frames))) if turns is None else [int(k) for k in turns]
         if not questions:
             raise ValueError("a stream needs at least one question (questions is empty)")
-        bad = [k for k in list(questions) + list(responses) + turns if not 0 <= k < len(frames)]
+        standby = self._standby_turns(standby, responses)
+        bad = [k for k in list(questions) + list(responses) + sorted(standby) + turns if not 0 <= k < len(frames)]
         if bad:
             raise ValueError(f"turn indices {sorted(bad)} are outside the stream of {len(frames)} frames")
         if any(b <= a for a, b in zip(turns, turns[1:])):
             raise ValueError(f"window turns must be strictly increasing, got {turns}")
-        missing = sorted((set(questions) | set(responses)) - set(turns))
+        missing = sorted((set(questions) | set(responses) | standby) - set(turns))
         if missing:
-            raise ValueError(f"questions or responses on turns {missing} that are not in the window's turns")
+            raise ValueError(
+                f"questions, responses or standby turns on turns {missing} that are not in the window's turns"
+            )
         first_question = min(questions)
-        early = [k for k in responses if k < first_question]
+        early = [k for k in list(responses) + sorted(standby) if k < first_question]
         if early:
             raise ValueError(
-                f"responses on turns {sorted(early)} come before the first question (turn {first_question}); "
-                "the model is silent until asked"
+                f"responses or standby turns on turns {sorted(early)} come before the first question "
+                f"(turn {first_question}); the model is silent until asked"
             )
         vision = self.process_frames([frames[k] for k in turns])
         counts = self.num_image_tokens(vision["image_grid_thw"])
@@ -224,7 +272,10 @@ class StreamProProcessor(ProcessorMixin):
             supervised = k >= first_question and k >= label_from
             decision_positions += [len(ids)] if supervised else []
             response = responses.get(k)
-            decision = self.response_token_id if response is not None else self.silence_token_id
+            if response is not None:
+                decision = self.response_token_id
+            else:
+                decision = self.standby_token_id if k in standby else self.silence_token_id
             ids.append(decision)
             labels.append(decision if supervised else -100)
             if response is not None:
@@ -334,8 +385,16 @@ def stream_messages(
     responses: dict[int, str],
     fps: float = 1.0,
     system: str | None = None,
+    standby: Iterable[int] = (),
 ) -> list[dict]:
-    """The stream as chat messages for ``apply_chat_template`` (one image per user turn)."""
+    """The stream as chat messages for ``apply_chat_template`` (one image per user turn).
+
+    ``standby``: the turns answered ``</Standby>`` (three-state checkpoints).
+    """
+    standby = {int(k) for k in standby}
+    both = sorted(standby & set(responses))
+    if both:
+        raise ValueError(f"turns {both} are both standby turns and response turns; a turn has one decision")
     messages = [{"role": "system", "content": system if system is not None else DEFAULT_SYSTEM_PROMPT}]
     for k in range(num_turns):
         content = [{"type": "text", "text": time_tag(k, fps)}, {"type": "image"}]
@@ -343,9 +402,11 @@ def stream_messages(
             content.append({"type": "text", "text": questions[k]})
         messages.append({"role": "user", "content": content})
         response = responses.get(k)
-        messages.append(
-            {"role": "assistant", "content": SILENCE_TOKEN if response is None else RESPONSE_TOKEN + response}
-        )
+        if response is not None:
+            reply = RESPONSE_TOKEN + response
+        else:
+            reply = STANDBY_TOKEN if k in standby else SILENCE_TOKEN
+        messages.append({"role": "assistant", "content": reply})
     return messages
 
 
@@ -355,6 +416,7 @@ __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
     "RESPONSE_TOKEN",
     "SILENCE_TOKEN",
+    "STANDBY_TOKEN",
     "StreamEncoding",
     "StreamProProcessor",
     "num_turns",
