@@ -292,8 +292,11 @@ def test_clear_errors_for_bad_arguments(checkpoint, tmp_path, capsys):
     base = ["--benchmark", bench, "--video-root", bench.parent, "--out", tmp_path / "run", "--no-progress"]
     assert evaluate("--model", tmp_path, *base) == 2
     assert "not a checkpoint directory" in capsys.readouterr().err
-    assert evaluate("--model", checkpoint, *base, "--protocol", "decision-tree") == 2
-    assert "expects a plain Qwen2.5-VL / Qwen3-VL checkpoint" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "llama"}')
+    assert evaluate("--model", other, *base, "--protocol", "decision-tree") == 2
+    assert "plain Qwen2.5-VL / Qwen3-VL checkpoint or a StreamPro checkpoint" in capsys.readouterr().err
     bench.write_text(bench.read_text() + "{not json\n")
     assert evaluate("--model", checkpoint, *base[:-3], "--out", tmp_path / "run2") == 2
     assert "bench.jsonl:2: invalid JSON" in capsys.readouterr().err

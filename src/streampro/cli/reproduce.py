@@ -8,6 +8,7 @@
     streampro reproduce --compare runs/reproduce runs/s1 --out runs/compare  # finished runs side by side
     streampro reproduce --recipe imbalance --sweep silence_factor=1,3.5,10.5 --out runs/imbalance --jobs 3
                                                                              # one run per value, one table + plot
+    streampro reproduce --out runs/reproduce --systems --jobs 3              # + Streamo, StreamBridge, decision tree
 
 Every stage is skipped when its output exists: run the same command again to resume. The run folder
 records its recipe (``recipe.yaml``); a resume with another recipe or seed is refused. See
@@ -42,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="One run per value of one recipe field (OUT/FIELD-VALUE/), then OUT/sweep.md, "
                              "sweep.json and plots/sweep_w_avg.png: the SFT losses against the level "
                              "(docs/reproduce.md), e.g. --sweep silence_factor=1,3.5,10.5.")
+    parser.add_argument("--systems", action="store_true",
+                        help="After the run, compare on its clips, budget and seed: StreamPro, Streamo's three states, "
+                             "StreamBridge's activation model, the decision-tree protocol and the fixed-time baseline "
+                             "(OUT/systems.md, systems.json, plots/systems.png; docs/reproduce.md).")
     parser.add_argument("--install-assets", action="store_true",
                         help="Copy the final model (chosen on validation) and demo clips into streampro/assets/.")
 
@@ -51,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from streampro.reproduce.recipe import apply_overrides
 
     if args.compare:
+        if args.systems:
+            raise UserError("--systems with --compare: --compare only tabulates finished runs",
+                            "run the comparison on each run folder: streampro reproduce --out RUN --systems")
         table = compare_runs(args.compare)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
@@ -70,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         if args.install_assets:
             raise UserError("--install-assets with --sweep: a sweep has no single final model",
                             "install from one level's run: streampro reproduce --out OUT/FIELD-VALUE ... --install-assets")
+        if args.systems:
+            raise UserError("--systems with --sweep: the comparison is made on one run folder",
+                            "run it on one level's folder: streampro reproduce --out OUT/FIELD-VALUE ... --systems")
         field, values = parse_sweep(args.sweep)
         run_sweep(args.out, recipe, source, args.seed, field, values, args.jobs)
         print((args.out / "sweep.md").read_text())
@@ -82,5 +93,11 @@ def run(args: argparse.Namespace) -> int:
         install_assets(folder, summary)
     print(format_results(summary))
     print(f"results: {args.out / 'results.md'}, {args.out / 'results.json'}; plots: {args.out / 'plots'}")
+    if args.systems:
+        from streampro.reproduce.systems import format_systems, run_systems
+
+        print(format_systems(run_systems(folder, summary, args.jobs)))
+        print(f"systems: {args.out / 'systems.md'}, {args.out / 'systems.json'}; plot: "
+              f"{args.out / 'plots' / 'systems.png'}")
     print(f"wall time of this invocation: {time.monotonic() - start:.0f} s")
     return 0

@@ -384,8 +384,8 @@ def load_answerer(model_dir: str | Path, device, dtype=None) -> tuple:
         # A StreamPro model answers after its </Response> token: forced, so that it never declines.
         return model, BaselineProcessor(processor.tokenizer, processor.image_processor), "</Response>"
     if model_type not in ("qwen2_5_vl", "qwen3_vl"):
-        raise ValueError(f"--model {model_dir} has model_type {model_type!r}; the activation protocol's answerer is a "
-                         "plain Qwen2.5-VL / Qwen3-VL checkpoint or a StreamPro checkpoint")
+        raise ValueError(f"--model {model_dir} has model_type {model_type!r}; the answerer of the activation and "
+                         "decision-tree protocols is a plain Qwen2.5-VL / Qwen3-VL checkpoint or a StreamPro checkpoint")
     model, processor = load_baseline(model_dir, device, dtype)
     return model, processor, ""
 

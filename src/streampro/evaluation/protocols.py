@@ -6,7 +6,8 @@ SampleOutput`` (predictions ``[{time, text}]`` for StreamPro-F1 plus compact per
 - :class:`StreamProProtocol` — a StreamPro checkpoint streamed with its own decision tokens
   (``model.generate_stream``): one decision per frame, ``p_response`` recorded.
 - :class:`DecisionTreeProtocol` — docs/method.md §3's protocol for plain, offline Qwen2.5-VL / Qwen3-VL
-  checkpoints (transformers' own classes, no decision tokens). Frames arrive one by one; before
+  checkpoints (transformers' own classes, no decision tokens), or a StreamPro checkpoint used as a plain
+  model (its ``</Response>`` forced first, as the activation protocol's answerer). Frames arrive one by one; before
   the question nothing happens; from the question's turn on, every frame asks the model whether
   the frames so far suffice to answer without guessing. No → "wait". Yes → the model answers,
   and the answer is emitted only when it differs from its previous answer.
@@ -359,12 +360,13 @@ class DecisionTreeProtocol:
 
     def __init__(self, model, processor: BaselineProcessor, *, fps: float = 1.0,
                  window_frames: int = DECISION_TREE_WINDOW, max_new_tokens: int = 64,
-                 response_threshold: float | None = None):
+                 response_threshold: float | None = None, answer_prefix: str = ""):
         if window_frames < 1:
             raise ValueError(f"window_frames must be >= 1, got {window_frames}")
         self.model, self.processor = model, processor
         self.fps, self.window_frames = fps, window_frames
         self.max_new_tokens, self.response_threshold = max_new_tokens, response_threshold
+        self.answer_prefix = answer_prefix  # "</Response>" for a StreamPro checkpoint (docs/evaluation.md)
         self.yes_id, self.no_id = processor.first_token("Yes"), processor.first_token("No")
         if self.yes_id == self.no_id:
             raise ValueError("'Yes' and 'No' start with the same token in this tokenizer; the yes/no decision needs two")
@@ -377,7 +379,7 @@ class DecisionTreeProtocol:
         content.append({"type": "text", "text": instruction})
         messages = [{"role": "system", "content": DECISION_TREE_SYSTEM}, {"role": "user", "content": content}]
         text = self.processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        enc = self.processor(text, [image for _, image in window])
+        enc = self.processor(text + self.answer_prefix, [image for _, image in window])
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def _generate(self, inputs: dict, max_new_tokens: int, **kwargs):
@@ -490,9 +492,12 @@ def build_protocol(name: str, model_dir: str | Path | None, *, device, fps: floa
     if name == "decision-tree":
         if model_dir is None:
             raise ValueError("--protocol decision-tree needs --model (a plain Qwen2.5-VL / Qwen3-VL checkpoint)")
-        model, processor = load_baseline(model_dir, device)
-        return DecisionTreeProtocol(model, processor, fps=fps, window_frames=window_turns,
-                                    max_new_tokens=max_new_tokens, response_threshold=response_threshold)
+        # A plain Qwen-VL checkpoint, or a StreamPro one answering as a plain model (as in the activation protocol).
+        from streampro.evaluation.activation import load_answerer
+
+        model, processor, prefix = load_answerer(model_dir, device)
+        return DecisionTreeProtocol(model, processor, fps=fps, window_frames=window_turns, max_new_tokens=max_new_tokens,
+                                    response_threshold=response_threshold, answer_prefix=prefix)
     if name == "activation":
         from streampro.evaluation.activation import build_activation_protocol
 

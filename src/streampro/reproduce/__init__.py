@@ -12,6 +12,8 @@ docs/reproduce.md is the reference. The modules, in the order a run uses them:
 - :mod:`~streampro.reproduce.report`: ``results.json`` / ``results.md``, plots, ``--compare``.
 - :mod:`~streampro.reproduce.assets`: ship the chosen model and demo clips (``--install-assets``).
 - :mod:`~streampro.reproduce.sweep`: one run per value of a recipe field, one table and plot (``--sweep``).
+- :mod:`~streampro.reproduce.systems`: StreamPro, Streamo, StreamBridge and the decision tree on one run's
+  clips and budget (``--systems``).
 
 Nothing here selects a setting on the test split.
 """

@@ -49,14 +49,7 @@ def collect(run: Run, baseline: dict) -> dict:
         rows[f"{model} (shuffled frames)"] = run.results(model, "test-shuffled")
         validation[model] = run.results(model, "validation")
     final = max(run.models, key=lambda m: (validation[m]["w_avg_f1"] or 0.0, -run.models.index(m)))
-    works = {}
-    for model in run.models:
-        works[model] = {}
-        for task in tasks_of(rows[model]):
-            f1, base = rows[model][f"{task}_f1"], rows["fixed-time baseline"].get(f"{task}_f1", 0.0)
-            shuffled = rows[f"{model} (shuffled frames)"].get(f"{task}_f1", 0.0)
-            drop = f1 - shuffled
-            works[model][task] = bool(f1 > base and drop >= SHUFFLE_DROP_POINTS and drop >= SHUFFLE_DROP_FRACTION * f1)
+    works = {m: works_on(rows[m], rows[f"{m} (shuffled frames)"], rows["fixed-time baseline"]) for m in run.models}
     control = None
     if run.recipe.control_clips:
         # The control clips are scored as task OU (its window); reported on their own, never in W-Avg.
@@ -83,6 +76,16 @@ def collect(run: Run, baseline: dict) -> dict:
         "timings_s": run.timings,
         "settings": run.settings(),
     }
+
+
+def works_on(results: dict, shuffled: dict, baseline: dict) -> dict[str, bool]:
+    """Per task: does the model work ("Controls" of docs/reproduce.md: beats the baseline, falls under shuffling)?"""
+    works = {}
+    for task in tasks_of(results):
+        f1, base = results[f"{task}_f1"], baseline.get(f"{task}_f1", 0.0)
+        drop = f1 - shuffled.get(f"{task}_f1", 0.0)
+        works[task] = bool(f1 > base and drop >= SHUFFLE_DROP_POINTS and drop >= SHUFFLE_DROP_FRACTION * f1)
+    return works
 
 
 def tasks_of(results: dict) -> list[str]:

@@ -184,15 +184,17 @@ def _train_stage(run: Run, name: str, start: str, kind: str, steps: int, argv: l
             _train(build_trainer, (Script, Config, ModelConfig), argv, work)
 
 
-def _sft(run: Run, name: str, start: str, train_file: Path, loss: str, steps: int, batch: int | None = None) -> None:
-    """SFT stage ``name``: ``steps`` steps of ``loss`` on ``train_file`` from the model ``start`` (batch: the SFT one)."""
+def _sft(run: Run, name: str, start: str, train_file: Path, loss: str, steps: int, batch: int | None = None,
+         extra: tuple[str, ...] = ()) -> None:
+    """SFT stage ``name``: ``steps`` steps of ``loss`` on ``train_file`` from the model ``start`` (batch: the SFT one;
+    ``extra``: more SFT script options)."""
     rec = run.recipe
     _train_stage(run, name, start, "sft", steps, [
         "--train_file", str(train_file), "--eval_file", "", "--frames_root", str(run.data),
         "--frame_cache_dir", str(run.data / ".frame_cache"), "--loss_type", loss,
         "--per_device_train_batch_size", str(batch or rec.sft_batch), *_sampling_argv(rec),
         "--gradient_accumulation_steps", "1", "--learning_rate", str(rec.sft_lr), "--lr_scheduler_type", "cosine",
-        "--warmup_steps", str(rec.sft_warmup),
+        "--warmup_steps", str(rec.sft_warmup), *extra,
     ])
 
 
@@ -246,9 +248,13 @@ def train_control_first(run: Run) -> None:
          run.recipe.control_first_steps)
 
 
+def sft_start(run: Run) -> str:
+    """The model every SFT loss starts from: the curriculum's, else the caption stage's, else the init."""
+    return "control-first" if run.recipe.control_first_steps else _after_init(run)
+
+
 def train_sft(run: Run, loss: str) -> None:
-    start = "control-first" if run.recipe.control_first_steps else _after_init(run)
-    _sft(run, f"sft-{loss}", start, run.data / "sft" / "train.jsonl", loss, run.recipe.sft_steps)
+    _sft(run, f"sft-{loss}", sft_start(run), run.data / "sft" / "train.jsonl", loss, run.recipe.sft_steps)
 
 
 def _stage_worker(out: Path, recipe: Recipe, seed: int, source: str, stage: str, args: tuple) -> None:
@@ -319,13 +325,18 @@ def train_grpo(run: Run, name: str = "grpo", start: str = "sft-cb_stream") -> No
     ])
 
 
-def evaluate(run: Run, model: str, split: str, shuffle: bool = False, max_new_tokens: int | None = None) -> Path:
-    """``streampro evaluate`` (exact judge) of one model on one split; resumable by the harness."""
+def evaluate(run: Run, model: str, split: str, shuffle: bool = False, max_new_tokens: int | None = None,
+             system: str | None = None, protocol: tuple[str, ...] = ()) -> Path:
+    """``streampro evaluate`` (exact judge) of one model on one split; resumable by the harness.
+
+    ``protocol``: more ``evaluate`` options that run the model in another protocol, into ``eval/<system>/``
+    (the systems comparison, docs/reproduce.md).
+    """
     from streampro.cli import evaluate as eval_cli
 
     name = f"{split}-shuffled" if shuffle else split
-    out = run.eval_dir(model, name)
-    with run.stage(f"eval {model} {name}", (out / "report.json").is_file()) as todo:
+    out = run.eval_dir(system or model, name)
+    with run.stage(f"eval {system or model} {name}", (out / "report.json").is_file()) as todo:
         if todo:
             parser = argparse.ArgumentParser()
             eval_cli.add_arguments(parser)
@@ -333,9 +344,10 @@ def evaluate(run: Run, model: str, split: str, shuffle: bool = False, max_new_to
                     "--video-root", str(run.data), "--out", str(out), "--judge", "exact",
                     "--max-new-tokens", str(max_new_tokens or run.recipe.eval_max_new_tokens), "--no-progress",
                     "--plot-samples", "0"]
+            argv += list(protocol)
             if shuffle:
                 argv += ["--shuffle-frames", str(SHUFFLE_SEED)]
-            if run.recipe.eval_batch_streams > 1:
+            if run.recipe.eval_batch_streams > 1 and not protocol:  # only the streampro protocol batches streams
                 argv += ["--batch-streams", str(run.recipe.eval_batch_streams)]
             code = eval_cli.run(parser.parse_args(argv))
             if code != 0:
@@ -343,8 +355,15 @@ def evaluate(run: Run, model: str, split: str, shuffle: bool = False, max_new_to
     return out
 
 
+def _systems_stage(run: Run, stage: str, *args) -> None:
+    """A training stage of the systems comparison (:mod:`streampro.reproduce.systems`), imported when used."""
+    from streampro.reproduce.systems import TRAINING_STAGES
+
+    TRAINING_STAGES[stage](run, *args)
+
+
 # The stages ``run_stages`` may spread over processes (looked up by name in a spawned worker).
-PARALLEL_STAGES = {"sft": train_sft, "grpo": train_grpo, "evaluate": evaluate}
+PARALLEL_STAGES = {"sft": train_sft, "grpo": train_grpo, "evaluate": evaluate, "systems": _systems_stage}
 
 
 
