@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -21,6 +18,7 @@ from streampro.cli import main
 from streampro.loading import load_model_and_processor
 from streampro.serving.live import WS_CLOSE_NO_SESSION, Engine, Limits, SessionHub, create_app, pytorch_engine
 from streampro.testing.media import random_frames
+from streampro.testing.serve_process import running_serve
 
 # max_new_tokens 2 keeps answers short; threshold 0 makes every frame after the question a response,
 # so answer decoding is compared too (the other session uses the arg-max decision).
@@ -287,41 +285,16 @@ def test_cli_errors_before_anything_loads(tmp_path, capsys):
     assert "--vllm-url is only used by --engine vllm" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_command_answers_over_http(loaded, tiny_dir, tmp_path):
-    port, log = _free_port(), tmp_path / "serve.log"
-    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
     frame = random_frames(1, size=56, seed=5)[0]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streampro.cli", "serve", str(tiny_dir), "--port", str(port),
-                                 "--device", "cpu"], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"no /health within 120 s:\n{log.read_text()}"
-            try:
-                health = httpx.get(f"{base}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                time.sleep(0.25)
+    with running_serve(tiny_dir, log) as base:
+        health = httpx.get(f"{base}/health", timeout=5)
         assert health.json()["engine"] == "pytorch"
         with httpx.Client(base_url=base, timeout=60) as http:
             sid = http.post("/v1/sessions", json=RESPOND).json()["session_id"]
             assert http.post(f"/v1/sessions/{sid}/questions", json={"text": "What is it?"}).status_code == 200
             event = http.post(f"/v1/sessions/{sid}/frames", content=png(frame)).json()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
     assert_same_events([event], reference(loaded, [frame], {0: "What is it?"}, RESPOND))
     text = log.read_text()
     assert f"session {sid} opened" in text and f"session {sid} closed (server stopped" in text

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import socket
-import subprocess
-import sys
 import time
 
 import gradio as gr
@@ -28,15 +26,10 @@ from streampro.space.backend import (
 
 from streampro.loading import load_model_and_processor
 from streampro.testing.media import random_frames
+from streampro.testing.serve_process import free_port, running_serve
 
 MAX_FRAME_BYTES = 100_000  # a 64x64 frame's PNG is ~12 KB, a 320x320 noise frame's ~300 KB
 MAX_SESSIONS = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_video(path, seconds: int = 6, size: int = 64, seed: int = 1):
@@ -48,31 +41,10 @@ def make_video(path, seconds: int = 6, size: int = 64, seed: int = 1):
 @pytest.fixture(scope="module")
 def server(tiny_dir, tmp_path_factory):
     """`streampro serve` on the tiny checkpoint, on a free loopback port; stopped by its pid."""
-    port, log = free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
-    url = f"http://127.0.0.1:{port}"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streampro.cli", "serve", str(tiny_dir), "--host", "127.0.0.1", "--port", str(port),
-             "--device", "cpu", "--max-sessions", str(MAX_SESSIONS), "--max-frame-bytes", str(MAX_FRAME_BYTES)],
-            stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"no /health within 120 s:\n{log.read_text()}"
-            try:
-                httpx.get(f"{url}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                time.sleep(0.25)
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with running_serve(tiny_dir, log, "--max-sessions", str(MAX_SESSIONS),
+                       "--max-frame-bytes", str(MAX_FRAME_BYTES)) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def open_sessions(url: str) -> int:
