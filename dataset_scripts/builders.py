@@ -365,3 +365,27 @@ def _differing_settings(old: dict, new: dict) -> list[str]:
 
 def format_stats(stats: Counter) -> str:
     return "\n".join(f"  {k}: {v}" for k, v in sorted(stats.items()))
+
+
+def turn_balance(records: list[dict], where: str = "records") -> dict[str, dict[str, int]]:
+    """Per task (and ``all`` over several tasks): records, turns, response turns, silent turns, and silent turns from the question.
+
+    Silent turns from the question's turn on are what the SFT losses supervise (docs/method.md §4): their
+    ratio to the response turns is the imbalance CB-Stream re-weights.
+    """
+    out: dict[str, dict[str, int]] = {}
+    for i, r in enumerate(records, 1):
+        if not isinstance(r, dict) or not {"num_turns", "questions", "responses"} <= set(r):
+            raise ValueError(f"{where}:{i}: not an SFT record (needs num_turns, questions, responses)")
+        q_turn = min((q["turn"] for q in r["questions"]), default=0)
+        n, responses = int(r["num_turns"]), len(r["responses"])
+        row = out.setdefault(r.get("task", "?"), dict.fromkeys(("records", "turns", "response_turns", "silence_turns",
+                                                                "silence_turns_from_question"), 0))
+        row["records"] += 1
+        row["turns"] += n
+        row["response_turns"] += responses
+        row["silence_turns"] += n - responses
+        row["silence_turns_from_question"] += n - q_turn - responses
+    if len(out) > 1:
+        out["all"] = {k: sum(row[k] for row in list(out.values())) for k in next(iter(out.values()))}
+    return out

@@ -154,7 +154,7 @@ def test_stats_prints_the_ratio_per_task(plain, stretched, capsys):
 
 
 def test_stats_of_one_record():
-    from streampro.cli.data import turn_balance
+    from streampro.dataset_scripts.builders import turn_balance
 
     record = {"task": "OU", "num_turns": 10, "questions": [{"turn": 2}], "responses": [{"turn": 5}]}
     assert turn_balance([record]) == {"OU": {"records": 1, "turns": 10, "response_turns": 1, "silence_turns": 9,

@@ -58,7 +58,7 @@ def sweep_recipes(recipe: Recipe, field: str, values: list[str]) -> list[Recipe]
 
 def train_balance(run: Run) -> dict:
     """Response and silent turns of the level's training file (``sft/train.jsonl``: what the losses see)."""
-    from streampro.cli.data import turn_balance
+    from streampro.dataset_scripts.builders import turn_balance
 
     table = turn_balance(read_jsonl(run.data / "sft" / "train.jsonl"), "sft/train.jsonl")
     row = table.get("all") or next(iter(table.values()))
