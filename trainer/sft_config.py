@@ -176,7 +176,7 @@ class SFTScriptArguments:
         default=2,
         metadata={
             "help": "2: </Silence> and </Response> (StreamPro). 3: also Streamo's </Standby>, trained on the records' "
-            "`standby` turns; a two-state start model gets the token (embedding row = mean of the others + 1 % "
+            "`standby` turns; a two-state start model gets the token (embedding row = mean of the others + 1 %% "
             "noise, seeded by `seed`) and the final checkpoint is three-state (docs/training.md, 'Three states'). "
             "A three-state start model needs 3.",
             "choices": [2, 3],
