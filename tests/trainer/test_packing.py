@@ -5,19 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
 from streampro.dataset_scripts.collator import (
     StreamingSFTCollator,
     TokenBudgetBatchSampler,
     frame_token_bound,
     mrope_position_ids,
 )
-from streampro.modeling_streampro.processing_streampro import turn_time
 from streampro.trainer.sft_config import StreamProSFTConfig
-from streampro.trainer.sft_trainer import PACKED_SDPA, StreamProSFTTrainer, use_packed_sdpa
+from streampro.trainer.sft_trainer import PACKED_SDPA, use_packed_sdpa
 
 from streampro.backbones import build_tiny_backbone
-from streampro.video import encode_video
+from streampro.testing.sft import colour_stream_records, tiny_sft_trainer
 
 SIZE = 56  # 4 image tokens per frame
 TURNS = (3, 7, 4, 9, 5, 2, 8, 6)  # streams of different lengths: padding really wastes tokens
@@ -26,43 +24,17 @@ TURNS = (3, 7, 4, 9, 5, 2, 8, 6)  # streams of different lengths: padding really
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("packdata")
-    (root / "videos").mkdir()
-    rng = np.random.default_rng(1)
-    records = []
+    streams = []
     for i, n in enumerate(TURNS):
-        colours = rng.integers(0, 255, size=(n, 3), dtype=np.uint8)
-        frames = [np.broadcast_to(colours[j // 2], (SIZE, SIZE, 3)).copy() for j in range(2 * n)]
-        encode_video(root / f"videos/p{i}.mp4", frames, fps=2)
         q = i % 2
         answers = {n - 1: "it turned red"} if i % 3 else {q: "a blue square appeared", n - 1: "it turned green"}
-        records.append({
-            "id": f"p{i}", "task": "OU", "video": f"videos/p{i}.mp4", "duration": float(n), "fps": 1.0,
-            "num_turns": n, "system": None,
-            "questions": [{"turn": q, "time": turn_time(q), "text": "Tell me when the screen changes colour."}],
-            "responses": [{"turn": k, "time": turn_time(k), "text": t} for k, t in sorted(answers.items())],
-        })
-    return root, records
+        streams.append((f"p{i}", n, q, answers))
+    return root, colour_stream_records(root, streams, seed=1, size=SIZE)
 
 
 def make_trainer(tmp_path, data, backbone="qwen2_5_vl", pack=False, **overrides):
     root, records = data
-    tb = build_tiny_backbone(backbone, seed=0, streampro=True)
-    tb.model.train()
-    args = {
-        "output_dir": str(tmp_path / "out"), "use_cpu": True, "bf16": False, "activation_checkpointing": False,
-        "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": 1, "learning_rate": 1.0,
-        "optim": "sgd", "lr_scheduler_type": "constant", "warmup_steps": 0, "weight_decay": 0.0,
-        "max_grad_norm": 0.0, "train_sampling_strategy": "sequential", "logging_steps": 1, "save_strategy": "no",
-        "report_to": "none", "disable_tqdm": True, "seed": 0, "dataloader_num_workers": 0, "pack_streams": pack,
-    }
-    args.update(overrides)
-    return StreamProSFTTrainer(
-        model=tb.model,
-        args=StreamProSFTConfig(**args),
-        data_collator=StreamingSFTCollator(tb.processor, frames_root=root, pack=pack),
-        train_dataset=Dataset.from_list(records),
-        processing_class=tb.processor,
-    )
+    return tiny_sft_trainer(tmp_path / "out", backbone, records, root, pack=pack, **overrides)
 
 
 @pytest.mark.parametrize("backbone", ["qwen2_5_vl", "qwen3_vl"])

@@ -7,14 +7,10 @@ import copy
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
-from streampro.dataset_scripts.collator import StreamingSFTCollator
-from streampro.modeling_streampro.processing_streampro import turn_time
-from streampro.trainer.sft_config import StreamProSFTConfig
-from streampro.trainer.sft_trainer import StreamProSFTTrainer, freeze_vision_tower, stream_token_weights
+from streampro.trainer.sft_trainer import freeze_vision_tower, stream_token_weights
 
 from streampro.backbones import build_tiny_backbone
-from streampro.video import encode_video
+from streampro.testing.sft import colour_stream_records, tiny_sft_trainer
 
 SIZE = 56  # the tiny image processor's min_pixels side: 4 image tokens per frame keeps steps fast
 TURNS = 5  # short streams: a step of batch 4 takes well under a second
@@ -24,43 +20,17 @@ TURNS = 5  # short streams: a step of batch 4 takes well under a second
 def data(tmp_path_factory):
     """8 five-turn records over 8 small videos; responses on different turns so batches differ."""
     root = tmp_path_factory.mktemp("sftdata")
-    (root / "videos").mkdir()
-    rng = np.random.default_rng(0)
-    records = []
+    streams = []
     for i in range(8):
-        colours = rng.integers(0, 255, size=(TURNS, 3), dtype=np.uint8)
-        frames = [np.broadcast_to(colours[j // 2], (SIZE, SIZE, 3)).copy() for j in range(2 * TURNS)]
-        encode_video(root / f"videos/c{i}.mp4", frames, fps=2)
         q = i % 2
         answers = {2 + i % 3: "it turned red"} if i % 4 else {1 + q: "a blue square appeared", 4: "it turned green"}
-        records.append({
-            "id": f"c{i}", "task": "OU", "video": f"videos/c{i}.mp4", "duration": float(TURNS), "fps": 1.0,
-            "num_turns": TURNS, "system": None,
-            "questions": [{"turn": q, "time": turn_time(q), "text": "Tell me when the screen changes colour."}],
-            "responses": [{"turn": k, "time": turn_time(k), "text": t} for k, t in sorted(answers.items())],
-        })
-    return root, records
+        streams.append((f"c{i}", TURNS, q, answers))
+    return root, colour_stream_records(root, streams, seed=0, size=SIZE)
 
 
 def make_trainer(tmp_path, data, backbone="qwen2_5_vl", n_records=8, **overrides):
     root, records = data
-    tb = build_tiny_backbone(backbone, seed=0, streampro=True)
-    tb.model.train()
-    args = {
-        "output_dir": str(tmp_path / "out"), "use_cpu": True, "bf16": False, "activation_checkpointing": False,
-        "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "max_steps": 1, "learning_rate": 1.0,
-        "optim": "sgd", "lr_scheduler_type": "constant", "warmup_steps": 0, "weight_decay": 0.0,
-        "max_grad_norm": 0.0, "train_sampling_strategy": "sequential", "logging_steps": 1, "save_strategy": "no",
-        "report_to": "none", "disable_tqdm": True, "seed": 0, "dataloader_num_workers": 0,
-    }
-    args.update(overrides)
-    return StreamProSFTTrainer(
-        model=tb.model,
-        args=StreamProSFTConfig(**args),
-        data_collator=StreamingSFTCollator(tb.processor, frames_root=root),
-        train_dataset=Dataset.from_list(records[:n_records]),
-        processing_class=tb.processor,
-    )
+    return tiny_sft_trainer(tmp_path / "out", backbone, records[:n_records], root, **overrides)
 
 
 def params(model) -> dict[str, torch.Tensor]:
