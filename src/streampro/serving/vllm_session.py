@@ -236,9 +236,7 @@ class VLLMStreamSession:
         self.engine, self.processor, self.options = engine, p, options
         self.fps, self.window_turns, self.evict_turns = options.fps, options.window_turns, options.evict_turns
         self.silence_id, self.response_id = p.silence_token_id, p.response_token_id
-        self.standby_id = getattr(p, "standby_token_id", None)  # None: a two-state checkpoint
-        # (silence, response) or (silence, response, standby), the PyTorch engine's order
-        self.decision_ids = [self.silence_id, self.response_id] + ([self.standby_id] if self.standby_id is not None else [])
+        self.decision_ids = list(p.decision_token_ids)  # the PyTorch engine's order: index 1 is response
         self.system_ids = p.encode_system(options.system_prompt)["input_ids"].tolist()
         self.rng = np.random.default_rng(seed)
         self.seed = seed
