@@ -332,21 +332,12 @@ class StreamProSFTTrainer(SFTTrainer):
             class_w = focal_class_weights(counts)
         else:
             class_w = torch.ones(len(names))
-        local = torch.stack(
-            [
-                counts[0].float(),
-                counts[1].float(),
-                (correct & is_dec).sum().float(),
-                (correct & is_class[1]).sum().float(),
-                mask.sum().float(),
-                correct.sum().float(),
-                outputs.entropy.sum().float(),
-                *[x for c in range(2, len(names)) for x in (counts[c].float(), (correct & is_class[c]).sum().float())],
-            ]
-        )
+        sums = [(correct & is_dec).sum(), mask.sum(), correct.sum(), outputs.entropy.sum(),
+                *counts, *[(correct & m).sum() for m in is_class]]
+        local = torch.stack([x.float() for x in sums])
         gathered = self.accelerator.gather_for_metrics(local[None])
-        n_sil, n_resp, dec_ok, resp_ok, n_tok, n_ok, ent, *more = gathered.sum(0).tolist()
-        n = [n_sil, n_resp, *more[0::2]]
+        dec_ok, n_tok, n_ok, ent, *per_class = gathered.sum(0).tolist()
+        n, ok = per_class[: len(names)], per_class[len(names):]  # per class: decisions, correct decisions
         # The weights actually used: one per class, micro-batch and rank, averaged over ranks.
         weights = self.accelerator.gather_for_metrics(class_w.to(local.device)[None]).mean(0).tolist()
         metrics = self._metrics[mode]
@@ -357,10 +348,9 @@ class StreamProSFTTrainer(SFTTrainer):
                 metrics[f"decision/{name}_weight"].append(w)
         if sum(n) > 0:
             metrics["decision/accuracy"].append(dec_ok / sum(n))
-        if n_resp > 0:
-            metrics["decision/response_recall"].append(resp_ok / n_resp)
-        if len(names) > 2 and n[2] > 0:
-            metrics["decision/standby_recall"].append(more[1] / n[2])
+        for c, name in enumerate(names[1:], start=1):  # recall of the rare classes: response (and standby)
+            if n[c] > 0:
+                metrics[f"decision/{name}_recall"].append(ok[c] / n[c])
         metrics["mean_token_accuracy"].append(n_ok / n_tok if n_tok else 0.0)
         metrics["entropy"].append(ent / n_tok if n_tok else 0.0)
         if mode == "train":
