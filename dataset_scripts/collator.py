@@ -86,8 +86,11 @@ def _window(record: dict) -> tuple[list[int] | None, int]:
     return [int(k) for k in window["turns"]], int(window["label_from"])
 
 
-def _standby(record: dict, processor) -> dict:
-    """``{"standby": [turn, ...]}`` for a three-state processor, ``{}`` for a two-state one (the turns stay silent)."""
+def standby_argument(record: dict, processor) -> dict:
+    """``{"standby": [turn, ...]}`` for a three-state processor, ``{}`` for a two-state one (the turns stay silent).
+
+    A record without its ``standby`` turns under a three-state processor is a :class:`RecordError`.
+    """
     if getattr(processor, "standby_token_id", None) is None:
         return {}
     turns = record.get("standby")
@@ -183,7 +186,7 @@ class StreamingSFTCollator:
     def encode(self, record: dict, frames=None):
         """The processor's :class:`StreamEncoding` of one record (frames loaded if not given)."""
         turns, label_from = _window(record)
-        standby = _standby(record, self.processor)
+        standby = standby_argument(record, self.processor)
         frames = self.load_frames(record) if frames is None else frames
         try:
             return self.processor.encode_conversation(

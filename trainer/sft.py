@@ -158,19 +158,15 @@ def load_records(path: str, limit: int | None = None):
     return Dataset.from_list(rows)
 
 
-def check_standby_labels(records) -> None:
-    """Three-state training needs every record's ``standby`` turns: a RecordError names the first without."""
-    from streampro.dataset_scripts.collator import RecordError
+def check_standby_labels(records, processor) -> None:
+    """Three-state training needs every record's ``standby`` turns: checked before training, by the
+    collator's own rule (a RecordError names the first record without them)."""
+    from streampro.dataset_scripts.collator import standby_argument
 
     if records is None:
         return
-    column = records["standby"] if "standby" in records.column_names else [None] * len(records)
-    missing = next((i for i, turns in enumerate(column) if turns is None), None)
-    if missing is not None:
-        raise RecordError(
-            f"record {records[missing]['id']!r} has no 'standby' turns but the model is three-state "
-            "(decision_states 3); rebuild the records with `streampro data build sft` (or `streampro data synth`)"
-        )
+    for row in records.select_columns([c for c in ("id", "standby") if c in records.column_names]):
+        standby_argument(row, processor)
 
 
 def set_decision_states(model, processor, states: int, seed: int = 0) -> None:
@@ -215,7 +211,7 @@ def build_trainer(script_args, training_args, model_args):
     evals = load_records(script_args.eval_file) if script_args.eval_file else None
     if processor.standby_token_id is not None:  # before training, not at the first batch that has such a record
         for data in (train, evals):
-            check_standby_labels(data)
+            check_standby_labels(data, processor)
     trainer = StreamProSFTTrainer(
         model=model,
         args=training_args,
