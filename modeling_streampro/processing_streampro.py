@@ -177,16 +177,13 @@ class StreamProProcessor(ProcessorMixin):
 
     def _standby_turns(self, standby: Iterable[int], responses: dict[int, str]) -> set[int]:
         """Validate standby turn indices: a three-state tokenizer, and no turn that is also a response."""
-        turns = {int(k) for k in standby}
+        turns = _standby_set(standby, responses)
         if turns and self.standby_token_id is None:
             raise ValueError(
                 f"standby turns {sorted(turns)} given but the tokenizer has no {STANDBY_TOKEN} (a two-state "
                 "checkpoint); add it with streampro.backbones.add_standby_token or "
                 "`streampro convert-backbone SRC --out DST --three-state`"
             )
-        both = sorted(turns & set(responses))
-        if both:
-            raise ValueError(f"turns {both} are both standby turns and response turns; a turn has one decision")
         return turns
 
     # ---- whole streams ---------------------------------------------------------------
@@ -354,6 +351,15 @@ class StreamProProcessor(ProcessorMixin):
 StreamProProcessor.register_for_auto_class("AutoProcessor")
 
 
+def _standby_set(standby: Iterable[int], responses: dict[int, str]) -> set[int]:
+    """Standby turn indices as a set; a turn that is also a response turn is a ValueError."""
+    turns = {int(k) for k in standby}
+    both = sorted(turns & set(responses))
+    if both:
+        raise ValueError(f"turns {both} are both standby turns and response turns; a turn has one decision")
+    return turns
+
+
 def _is_frame(x) -> bool:
     """A PIL image or an HxWxC array (a single frame, not a list of them)."""
     return callable(getattr(x, "convert", None)) or getattr(x, "ndim", None) == 3
@@ -391,10 +397,7 @@ def stream_messages(
 
     ``standby``: the turns answered ``</Standby>`` (three-state checkpoints).
     """
-    standby = {int(k) for k in standby}
-    both = sorted(standby & set(responses))
-    if both:
-        raise ValueError(f"turns {both} are both standby turns and response turns; a turn has one decision")
+    standby = _standby_set(standby, responses)
     messages = [{"role": "system", "content": system if system is not None else DEFAULT_SYSTEM_PROMPT}]
     for k in range(num_turns):
         content = [{"type": "text", "text": time_tag(k, fps)}, {"type": "image"}]
