@@ -160,14 +160,18 @@ def _sampling_argv(rec: Recipe) -> list[str]:
 
 
 def _train_stage(run: Run, name: str, start: str, kind: str, steps: int, argv: list[str]) -> None:
-    """Stage ``name``: ``steps`` steps of ``streampro train {kind}`` (``"sft"`` or ``"grpo"``) with the stage's own
-    options ``argv``, from the model ``start`` (recorded in ``models/<name>/start.txt``)."""
+    """Stage ``name``: ``steps`` steps of ``streampro train {kind}`` (``"sft"``, ``"grpo"`` or ``"activation"``) with
+    the stage's own options ``argv``, from the model ``start`` (recorded in ``models/<name>/start.txt``)."""
     from trl import ModelConfig
 
     if kind == "sft":
         from streampro.trainer.sft import build_trainer
         from streampro.trainer.sft_config import SFTScriptArguments as Script
         from streampro.trainer.sft_config import StreamProSFTConfig as Config
+    elif kind == "activation":
+        from streampro.trainer.activation import ActivationScriptArguments as Script
+        from streampro.trainer.activation import ActivationTrainingConfig as Config
+        from streampro.trainer.activation import build_trainer
     else:
         from streampro.trainer.grpo import build_trainer
         from streampro.trainer.grpo_config import GRPOScriptArguments as Script

@@ -25,19 +25,16 @@ on the same test clips. Nothing is chosen on the test split.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import yaml
 
-from streampro.dataset_scripts.manifest import remove_stale_temporaries, write_text_atomic
+from streampro.dataset_scripts.manifest import write_text_atomic
 from streampro.errors import UserError
 from streampro.jsonl import read_jsonl, write_jsonl
 from streampro.reproduce.recipe import RECIPES_DIR
 from streampro.reproduce.report import _fmt, run_label, works_on
-from streampro.reproduce.run import Run, is_trained
-
-logger = logging.getLogger(__name__)
+from streampro.reproduce.run import Run
 
 STREAMPRO = "sft-cb_stream"  # the shipped recipe's SFT loss, and the answerer of the two offline protocols
 STREAMO = "sft-streamo"
@@ -109,37 +106,16 @@ def train_activation(run: Run) -> None:
     The start model's vision tower and language model are copied and ``<ACT>`` is added (docs/activation.md,
     "Initialisation"); the SFT steps, batch, learning rate, schedule, seed and frozen tower apply.
     """
-    from trl import ModelConfig
+    from streampro.reproduce.stages import _train_stage, sft_start
 
-    from streampro.reproduce.stages import (
-        _common_trainer_argv,
-        _freeze_argv,
-        _last_checkpoint,
-        _train,
-        sft_start,
-    )
-    from streampro.trainer.activation import (
-        ActivationScriptArguments,
-        ActivationTrainingConfig,
-        build_trainer,
-    )
-
-    rec, work, start = run.recipe, run.model_dir(ACTIVATION), sft_start(run)
-    with run.stage(ACTIVATION, is_trained(work)) as todo:
-        if todo:
-            work.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(work)
-            (work / "start.txt").write_text(start + "\n")
-            options = [x for k, v in activation_settings().items() for x in (f"--{k}", str(v))]
-            argv = ["--model", str(run.model_dir(start)), "--tiny_seed", str(run.seed),
-                    "--train_file", str(run.data / "sft" / "train.jsonl"), "--frames_root", str(run.data),
-                    "--frame_cache_dir", str(run.data / ".frame_cache"), *options,
-                    "--per_device_train_batch_size", str(rec.sft_batch), "--gradient_accumulation_steps", "1",
-                    "--learning_rate", str(rec.sft_lr), "--lr_scheduler_type", "cosine",
-                    "--warmup_steps", str(rec.sft_warmup), *_freeze_argv(rec),
-                    *_common_trainer_argv(run, work, rec.sft_steps)]
-            logger.info("activation model from %s (resuming from %s)", start, _last_checkpoint(work))
-            _train(build_trainer, (ActivationScriptArguments, ActivationTrainingConfig, ModelConfig), argv, work)
+    rec = run.recipe
+    options = [x for k, v in activation_settings().items() for x in (f"--{k}", str(v))]
+    _train_stage(run, ACTIVATION, sft_start(run), "activation", rec.sft_steps, [
+        "--tiny_seed", str(run.seed), "--train_file", str(run.data / "sft" / "train.jsonl"),
+        "--frames_root", str(run.data), "--frame_cache_dir", str(run.data / ".frame_cache"), *options,
+        "--per_device_train_batch_size", str(rec.sft_batch), "--gradient_accumulation_steps", "1",
+        "--learning_rate", str(rec.sft_lr), "--lr_scheduler_type", "cosine", "--warmup_steps", str(rec.sft_warmup),
+    ])
 
 
 # The training stages ``stages.run_stages(run, jobs, "systems", ...)`` may run in worker processes.
