@@ -10,12 +10,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from streampro.modeling_streampro.processing_streampro import STANDBY_TOKEN, stream_messages
+from streampro.modeling_streampro.processing_streampro import STANDBY_TOKEN, stream_messages, turn_time
 from torch import nn
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from streampro.backbones import BACKBONES, add_standby_token, build_tiny_backbone
 from streampro.testing.media import random_frames as frames
+from streampro.testing.naive_stream import naive_generate_stream
 
 QUESTION = "Tell me when it changes."
 
@@ -224,6 +225,34 @@ def test_engine_standby_turns_match_the_training_format(tiny3):
                      image_grid_thw=enc["image_grid_thw"], mm_token_type_ids=enc["mm_token_type_ids"][None]).logits[0]
     at = enc["decision_positions"] - 1  # the logits that predict each supervised decision (turns 1-6)
     assert (full[at] - torch.stack(logits[1:])).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("threshold", [None, 0.5])
+def test_naive_reencode_loop_decides_like_the_engine_with_three_states(threshold):
+    """The reference loop (re-encode every frame) takes the same three decisions as the KV-cache engine."""
+    tb = build_tiny_backbone("qwen2_5_vl", streampro=True, standby=True)
+    model, p = tb.model, tb.processor
+    bias = biased_lm_head(model)
+    s, r, st = p.decision_token_ids
+    plan = [None, "standby", "silence", "response", "standby", "standby", "silence"]
+    fs = frames(len(plan), seed=5)
+    session = model.stream_session(p, max_new_tokens=3, response_threshold=threshold)
+    naive = naive_generate_stream(model, p, fs, QUESTION, question_time=turn_time(1, 1.0), max_new_tokens=3,
+                                  response_threshold=threshold)
+    for k, (frame, want) in enumerate(zip(fs, plan)):
+        bias.zero_()  # the bias holds while both compute this frame
+        if want == "response":
+            bias[r], bias[p.end_of_turn_id] = 20.0, 30.0
+        elif want is not None:
+            bias[{"standby": st, "silence": s}[want]] = 20.0
+        if k == 1:
+            session.ask(QUESTION)
+        ours, ref = session.step(frame), next(naive)
+        assert ours.decision == ref.decision == (want or "silence")
+        assert ours.generated_ids == ref.generated_ids and ours.text == ref.text
+        assert (ours.p_response is None) == (ref.p_response is None)
+        if ref.p_response is not None:
+            assert ours.p_response == pytest.approx(ref.p_response, abs=1e-4)
 
 
 def test_p_response_is_renormalised_over_the_three_decision_tokens(tiny3_25):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
 import threading
 import time
 
@@ -180,6 +181,27 @@ def test_frame_limits_and_errors(make_client):
             assert ws.receive_json()["status"] == 413
             ws.send_bytes(small)
             assert ws.receive_json()["frame_index"] == 2
+
+
+def test_a_vllm_server_that_fails_is_a_502_and_the_frame_can_be_sent_again(loaded, tiny_dir):
+    from streampro.serving.vllm_session import VLLMEngine
+
+    with socket.socket() as s:  # a loopback port nothing listens on once this closes
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    vllm = VLLMEngine(f"http://127.0.0.1:{port}", tiny_dir, processor=loaded[1])
+    vllm.client.retries = 0
+    engine = Engine("vllm", lambda options: vllm.session(**options), serial=False)
+    with TestClient(create_app(engine, Limits())) as client:
+        sid = open_session(client, **ARGMAX)
+        client.post(f"/v1/sessions/{sid}/questions", json={"text": "What colour is it?"})
+        for _ in range(2):  # the failed step left no trace: the retry is frame 0 again
+            r = client.post(f"/v1/sessions/{sid}/frames", content=png(solid()))
+            assert r.status_code == 502, r.text
+            error = r.json()["error"]
+            assert f"the vLLM server failed on frame 0 of session {sid!r}" in error
+            assert f"127.0.0.1:{port}" in error and "check that it is running" in error
+    vllm.close()
 
 
 def test_max_sessions_refuses_with_503_until_one_closes(make_client):

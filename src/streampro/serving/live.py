@@ -316,6 +316,8 @@ class SessionHub:
 
     def step(self, sid: str, data: bytes) -> dict:
         """Decode one frame and step the session on it: the event as a dict."""
+        from streampro.serving.vllm_session import VLLMEngineError  # an engine is loaded: torch is imported anyway
+
         self.check(sid)  # a request on a missing session hears that first, whatever its bytes
         image = decode_frame(data, self.limits.max_frame_bytes)
         with self._use(sid) as entry:
@@ -324,6 +326,10 @@ class SessionHub:
                     event = entry.session.step(image)
                 except ValueError as e:  # the engine's frame checks (a frame of another size, ...)
                     raise ApiError(400, str(e)) from None
+                except VLLMEngineError as e:  # the vLLM server behind the engine failed: a gateway error
+                    logger.error("session %s: the vLLM server failed on frame %d: %s", sid, entry.frames, e)
+                    raise ApiError(502, f"the vLLM server failed on frame {entry.frames} of session {sid!r} ({e}) "
+                                        "— check that it is running (its log says why it failed)") from None
                 except Exception as e:
                     logger.exception("session %s: step failed on frame %d", sid, entry.frames)
                     raise ApiError(500, f"the engine failed on frame {entry.frames} of session {sid!r} "

@@ -3,7 +3,8 @@
 Used by the tests (the KV-cache engine must make the same decisions) and by
 ``benchmarks/stream_latency.py`` (the speed baseline). Each frame it rebuilds the chat of the
 last ``window_turns`` turns (system prompt and question turns kept) and runs one full forward
-over it, vision encoder included, then decodes the answer greedily on top of that forward's cache.
+over it, vision encoder included, then decides over the processor's decision tokens (two, or three
+with ``</Standby>``) and decodes an answer greedily on top of that forward's cache.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def naive_generate_stream(model, processor, frames, question: str, *, question_t
     system = processor.encode_text(processor.system_text())
     history: list[tuple[int, list[int]]] = []  # (turn index, assistant ids incl. closing)
     silence, response = processor.silence_token_id, processor.response_token_id
+    decision_ids = list(processor.decision_token_ids)  # (silence, response[, standby])
+    quiet_names = {silence: "silence", **({decision_ids[2]: "standby"} if len(decision_ids) == 3 else {})}
     eot, newline = processor.end_of_turn_id, processor.newline_ids
     for k in range(start_turn):
         history.append((k, [silence, eot] + newline))
@@ -56,19 +59,21 @@ def naive_generate_stream(model, processor, frames, question: str, *, question_t
             past_key_values=cache,
             use_cache=True,
         )
-        logits = out.logits[0, -1].float()
+        restricted = out.logits[0, -1].float()[decision_ids]
         asked = k >= q_turn
-        p = float(torch.softmax(logits[[silence, response]], -1)[1]) if asked else None
+        p = float(torch.softmax(restricted, -1)[1]) if asked else None
         if not asked:
             token = silence
-        elif response_threshold is not None:
-            token = response if p >= response_threshold else silence
+        elif response_threshold is not None:  # below it, the more probable quiet decision (silence on a tie)
+            quiet = [0] + ([2] if len(decision_ids) == 3 else [])
+            token = response if p >= response_threshold else decision_ids[max(quiet, key=lambda i: (restricted[i], -i))]
         else:
-            token = response if logits[response] > logits[silence] else silence
+            token = decision_ids[int(restricted.argmax())]
         question_here = question if k == q_turn else None
-        if token == silence:
-            history.append((k, [silence, eot] + newline))
-            yield StreamEvent(turn_time(k, fps), k, "silence", "", p, question=question_here, generated_ids=[silence])
+        if token in quiet_names:
+            history.append((k, [token, eot] + newline))
+            yield StreamEvent(turn_time(k, fps), k, quiet_names[token], "", p, question=question_here,
+                              generated_ids=[token])
             continue
         # Greedy answer on top of the full forward's cache, positions continuing the M-RoPE sequence.
         generated, answer = [response], []
