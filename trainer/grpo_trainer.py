@@ -76,7 +76,7 @@ class RolloutSession(StreamSession):
         self.sampled_logps: list[float] = []
 
     def _pick(self, logits: torch.Tensor) -> int:
-        if logits.shape[-1] <= 2:  # the constrained two-way decision (silence / response)
+        if logits.shape[-1] == len(self.decision_ids):  # the constrained decision (silence / response [/ standby])
             return super()._pick(logits)
         masked = logits.clone()
         masked[self.suppress_ids.to(logits.device)] = -math.inf

@@ -365,3 +365,36 @@ def test_batch_rollouts_off_gives_the_same_rollouts_for_one_seed(data, tmp_path)
         return [(r.ids, r.policy_mask, r.generated_ids, r.turns) for r in trainer._rollouts(inputs)]
 
     assert run(True) == run(False)
+
+
+@pytest.mark.parametrize("constrain_decision", [False, True])
+def test_three_state_checkpoint_rolls_out_standby_and_trains(data, tmp_path, constrain_decision):
+    """A three-state checkpoint: rollouts take </Standby> decisions (no text, no reward penalty) and a step updates."""
+    root = tmp_path / "three"
+    tb = build_tiny_backbone("qwen2_5_vl", seed=0, streampro=True, standby=True)
+    bias_towards_decisions(tb.model, tb.processor)
+    with torch.no_grad():
+        tb.model.lm_head.weight[tb.processor.standby_token_id, 0] = 4.0
+    tb.model.save_pretrained(root / "model")
+    tb.processor.save_pretrained(root / "model")
+    (root / "rl.jsonl").write_text((data / "rl.jsonl").read_text())
+    (root / "videos").symlink_to(data / "videos")
+    trainer = make_trainer(root, tmp_path, constrain_decision=constrain_decision, max_steps=1)
+    decisions = []
+    for sample in trainer.train_dataset:
+        frames = trainer._load_frames(sample)
+        for _ in range(2):
+            r = trainer.rollout(trainer.model, sample, frames)
+            decisions += [t["decision"] for t in r.turns if not t["forced"]]
+            assert all(t["text"] == "" for t in r.turns if t["decision"] == "standby")
+    assert "standby" in decisions and {"silence", "response"} & set(decisions)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    (log,) = [h for h in trainer.state.log_history if "reward" in h]
+    assert np.isfinite(log["loss"]) and np.isfinite(log["rewards/format_reward/mean"])
+    if constrain_decision:
+        return  # one step of two rollouts may have equal rewards (no advantage, no update); the step ran
+    assert log["rollout/logp_diff_max"] < 1e-3  # the training forward reproduces the sampled log-probs
+    assert log["frac_reward_zero_std"] < 1
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n].detach()) for n in before)
