@@ -47,6 +47,7 @@ from streampro.modeling_streampro.modeling_streampro import (
     _normalise_questions,
     _options,
     drive_stream,
+    threshold_decision,
 )
 from streampro.modeling_streampro.time_streampro import turn_time
 
@@ -346,8 +347,7 @@ class VLLMStreamSession:
         p_response = probs[1]
         # an index into decision_ids, by the PyTorch engine's rules
         if opts.response_threshold is not None:
-            quiet = 2 if len(probs) == 3 and probs[2] > probs[0] else 0  # the more probable; silence on a tie
-            decision = 1 if p_response >= opts.response_threshold else quiet
+            decision = threshold_decision(probs, p_response, opts.response_threshold)
         elif opts.do_sample:
             decision = self._sample_decision(probs)
         elif len(probs) == 2:

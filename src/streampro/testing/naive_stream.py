@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache
 
-from streampro.modeling_streampro.modeling_streampro import StreamEvent
+from streampro.modeling_streampro.modeling_streampro import StreamEvent, threshold_decision
 from streampro.modeling_streampro.processing_streampro import turn_index_for_time, turn_time
 
 
@@ -64,9 +64,8 @@ def naive_generate_stream(model, processor, frames, question: str, *, question_t
         p = float(torch.softmax(restricted, -1)[1]) if asked else None
         if not asked:
             token = silence
-        elif response_threshold is not None:  # below it, the more probable quiet decision (silence on a tie)
-            quiet = [0] + ([2] if len(decision_ids) == 3 else [])
-            token = response if p >= response_threshold else decision_ids[max(quiet, key=lambda i: (restricted[i], -i))]
+        elif response_threshold is not None:
+            token = decision_ids[threshold_decision(restricted, p, response_threshold)]
         else:
             token = decision_ids[int(restricted.argmax())]
         question_here = question if k == q_turn else None

@@ -432,6 +432,15 @@ def drive_stream(session, frames: Iterable, questions: list[tuple[float, str]]) 
 # ======================================================================================
 
 
+def threshold_decision(scores, p_response: float, threshold: float) -> int:
+    """The decision under a response threshold, as an index into the decision tokens (silence, response
+    [, standby]): response when ``p_response`` reaches ``threshold``, else the more probable quiet
+    decision (silence on a tie). ``scores``: those tokens' logits or probabilities, in that order."""
+    if p_response >= threshold:
+        return 1
+    return 2 if len(scores) == 3 and scores[2] > scores[0] else 0
+
+
 @dataclass
 class StreamEvent:
     """What happened on one frame (one turn)."""
@@ -806,7 +815,7 @@ class StreamSession:
 
     # ---- the session's own cache ---------------------------------------------------------
     def _run(self, requests):
-        """Run a generator of cache requests on this session's DynamicCache; return its result."""
+        """Run a generator of cache requests on this stream's DynamicCache; return its result."""
         try:
             request = next(requests)
             while True:
@@ -1006,10 +1015,7 @@ class StreamSession:
         if not self.asked:
             token = silence_id  # before the question the model is silent (forced)
         elif self.response_threshold is not None:
-            if p_response >= self.response_threshold:
-                token = response_id
-            else:  # the more probable quiet decision (silence on a tie)
-                token = decision_ids[2] if len(decision_ids) == 3 and restricted[2] > restricted[0] else silence_id
+            token = decision_ids[threshold_decision(restricted, p_response, self.response_threshold)]
         elif self.constrain_decision:
             token = decision_ids[self._pick(restricted)]
         else:
